@@ -1,0 +1,44 @@
+// Shared state of the extension as PostgreSQL code sees it.
+// The locking protocol is written at the top of src/lock_shmem.cpp.
+// Include after postgres.h.
+#pragma once
+
+extern "C" {
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
+}
+
+#include "lockext/lock_table.hpp"
+
+struct LockextShared {
+    LWLock *table_lock;  // guards *table (see protocol)
+    LWLock *state_lock;  // serialises writes of the durable state file
+    // Highest token and latest expiry the state file covers; read without
+    // a lock, written only under state_lock after the file is durable.
+    pg_atomic_uint64 durable_token;
+    pg_atomic_uint64 durable_horizon;
+    lockext::LockTable *table;
+    ConditionVariable *cvs;  // one per PGPROC number, slept on by its waiter
+};
+
+extern LockextShared *lockext_shared;
+
+// GUCs.
+extern int lockext_max_locks;
+extern int lockext_max_ttl_s;
+extern int lockext_startup_grace_s;
+
+// Raise an error with a hint unless the library was preloaded.
+void lockext_require_loaded();
+// Register this backend's exit and transaction-end cleanups once.
+void lockext_register_backend_cleanup();
+// Note that this backend now holds a lock in session or transaction scope.
+void lockext_note_scoped_grant(lockext::Scope scope);
+// Signal waiter `w`'s condition variable; a lockext::WakeFn.
+void lockext_wake_waiter(std::int32_t w, void *ctx);
+
+// Load the durable state at server start and seed the token counter.
+void lockext_durable_startup(LockextShared *shared);
+// Make sure a crash cannot make `token` reappear or forget `expires_at`.
+void lockext_durable_ensure(std::int64_t token, lockext::Timestamp expires_at);

@@ -1,0 +1,393 @@
+// SQL functions that take, renew and release locks.
+//
+// Each body parses and checks its arguments (bad input raises an ERROR with
+// a SQLSTATE before any shared state is touched), calls the lock table under
+// table_lock (protocol in src/lock_shmem.cpp), then reports the outcome.
+// Bodies keep only plain data on the stack: see include/lockext/pg_guard.hpp.
+#include <sys/socket.h>
+
+extern "C" {
+#include "postgres.h"
+
+#include "common/int.h"
+#include "common/ip.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/backend_status.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+}
+
+#include "lockext/lock_shmem.hpp"
+#include "lockext/pg_guard.hpp"
+
+using lockext::Key;
+using lockext::LockTable;
+using lockext::Outcome;
+using lockext::Request;
+using lockext::Result;
+using lockext::Scope;
+using lockext::Timestamp;
+
+namespace {
+
+// Argument `n` as a lock key in the current database; NULL and size checked.
+Key key_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("lock name must not be NULL")));
+    text *t = PG_GETARG_TEXT_PP(n);
+    Key key;
+    key.dboid = MyDatabaseId;
+    key.name = VARDATA_ANY(t);
+    key.len = static_cast<int>(VARSIZE_ANY_EXHDR(t));
+    if (key.len == 0)
+        ereport(ERROR,
+                (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("lock name must not be empty")));
+    if (key.len > lockext::kMaxNameLen)
+        ereport(ERROR, (errcode(ERRCODE_NAME_TOO_LONG),
+                        errmsg("lock name is %d bytes long, over the limit of %d", key.len,
+                               lockext::kMaxNameLen)));
+    return key;
+}
+
+// Microseconds in an interval; months count as 30 days, as in SQL's
+// interval comparison.
+bool interval_us(const Interval *iv, std::int64_t *out) {
+    std::int64_t days_us, months_us, sum;
+    if (pg_mul_s64_overflow(static_cast<std::int64_t>(iv->day), USECS_PER_DAY, &days_us) ||
+        pg_mul_s64_overflow(static_cast<std::int64_t>(iv->month), DAYS_PER_MONTH * USECS_PER_DAY,
+                            &months_us) ||
+        pg_add_s64_overflow(iv->time, days_us, &sum) || pg_add_s64_overflow(sum, months_us, &sum))
+        return false;
+    *out = sum;
+    return true;
+}
+
+// A TTL argument in microseconds: > 0 and <= lockext.max_ttl; -1 when NULL.
+std::int64_t ttl_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        return -1;
+    std::int64_t us;
+    const std::int64_t max_us = static_cast<std::int64_t>(lockext_max_ttl_s) * USECS_PER_SEC;
+    if (!interval_us(PG_GETARG_INTERVAL_P(n), &us) || us > max_us)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("ttl must not exceed lockext.max_ttl (%d s)", lockext_max_ttl_s)));
+    if (us <= 0)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("ttl must be positive")));
+    return us;
+}
+
+// A wait argument in microseconds: >= 0; -1 (forever) when NULL.
+std::int64_t wait_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        return -1;
+    std::int64_t us;
+    if (!interval_us(PG_GETARG_INTERVAL_P(n), &us))
+        us = INT64_MAX;  // beyond any deadline
+    if (us < 0)
+        ereport(ERROR,
+                (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("wait must not be negative")));
+    return us;
+}
+
+// The `mode` argument.
+lockext::Mode mode_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("mode must not be NULL")));
+    char *s = text_to_cstring(PG_GETARG_TEXT_PP(n));
+    if (strcmp(s, "exclusive") == 0)
+        return lockext::Mode::exclusive;
+    if (strcmp(s, "shared") == 0)
+        return lockext::Mode::shared;
+    if (strcmp(s, "semaphore") == 0)
+        return lockext::Mode::semaphore;
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("unknown mode \"%s\"", s),
+                    errhint("Use exclusive, shared or semaphore.")));
+    pg_unreachable();
+}
+
+// The `scope` argument.
+Scope scope_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("scope must not be NULL")));
+    char *s = text_to_cstring(PG_GETARG_TEXT_PP(n));
+    if (strcmp(s, "lease") == 0)
+        return Scope::lease;
+    if (strcmp(s, "session") == 0)
+        return Scope::session;
+    if (strcmp(s, "transaction") == 0)
+        return Scope::transaction;
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("unknown scope \"%s\"", s),
+                    errhint("Use lease, session or transaction.")));
+    pg_unreachable();
+}
+
+// Copy at most `size - 1` bytes of `src` into `dst`, NUL-terminated.
+void copy_str(char *dst, const char *src, std::size_t size) {
+    if (src == nullptr) {
+        dst[0] = '\0';
+        return;
+    }
+    strlcpy(dst, src, size);
+    // Never leave a truncated multibyte character behind.
+    dst[pg_mbcliplen(dst, static_cast<int>(strlen(dst)), static_cast<int>(size) - 1)] = '\0';
+}
+
+// The client's address as pg_stat_activity shows it; empty for unix sockets.
+void client_addr(char *out, std::size_t size) {
+    out[0] = '\0';
+    if (MyBEEntry == nullptr)
+        return;
+    const SockAddr *addr = &MyBEEntry->st_clientaddr;
+    const int family = addr->addr.ss_family;
+    if (family != AF_INET && family != AF_INET6)
+        return;
+    if (pg_getnameinfo_all(&addr->addr, addr->salen, out, static_cast<int>(size), nullptr, 0,
+                           NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        out[0] = '\0';
+}
+
+// Ask `who` is (role) to be at least the holder's role; raise otherwise.
+void check_holder_role(const char *verb, std::uint32_t holder_role) {
+    if (!has_privs_of_role(GetUserId(), holder_role))
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("permission denied to %s a lock held by role \"%s\"", verb,
+                               GetUserNameFromId(holder_role, true)),
+                        errdetail("Only roles with the privileges of the holder's role may %s it.",
+                                  verb)));
+}
+
+// Leave the wait queue after an error or cancel, then let the error go on.
+void abandon_wait(int waiter) {
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    LockTable *t = lockext_shared->table;
+    if (t->is_waiting(waiter)) {
+        t->abandon(waiter, GetCurrentTimestamp(), lockext_wake_waiter, nullptr);
+        t->stats().cancelled++;
+    }
+    LWLockRelease(lockext_shared->table_lock);
+}
+
+// Sleep until waiter `waiter` is granted or `deadline` passes; no polling:
+// the sleep ends at a grant signal, the next expiry among the holders, or
+// the deadline, whichever comes first.
+void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
+    ConditionVariable *cv = &lockext_shared->cvs[waiter];
+    ConditionVariablePrepareToSleep(cv);
+    PG_TRY();
+    {
+        for (;;) {
+            const Timestamp now = GetCurrentTimestamp();
+            Timestamp wake_at = lockext::kNever;
+            LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+            *out = lockext_shared->table->poll(waiter, now, deadline, &wake_at, lockext_wake_waiter,
+                                               nullptr);
+            LWLockRelease(lockext_shared->table_lock);
+            if (out->outcome != Outcome::waiting)
+                break;
+            long ms = -1;
+            if (wake_at != lockext::kNever) {
+                const std::int64_t us = wake_at - now;
+                ms = us <= 0 ? 1 : static_cast<long>(Min((us + 999) / 1000, (std::int64_t)INT_MAX));
+            }
+            ConditionVariableTimedSleep(cv, ms, PG_WAIT_EXTENSION);
+        }
+    }
+    PG_CATCH();
+    {
+        ConditionVariableCancelSleep();
+        abandon_wait(waiter);
+        PG_RE_THROW();
+    }
+    PG_END_TRY();
+    ConditionVariableCancelSleep();
+}
+
+// After a grant: make it crash-safe, or release it and let the error go on.
+void make_durable_or_release(const Key *key, const Result *r) {
+    PG_TRY();
+    { lockext_durable_ensure(r->token, r->expires_at); }
+    PG_CATCH();
+    {
+        LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        lockext_shared->table->release(*key, r->token, GetCurrentTimestamp(), 0, true,
+                                       lockext_wake_waiter, nullptr);
+        LWLockRelease(lockext_shared->table_lock);
+        PG_RE_THROW();
+    }
+    PG_END_TRY();
+}
+
+// lockext.acquire(name, ttl, wait, mode, scope, max_holders, owner) -> token
+Datum acquire_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
+    const Key key = key_arg(fcinfo, 0);
+    const lockext::Mode mode = mode_arg(fcinfo, 3);
+    const Scope scope = scope_arg(fcinfo, 4);
+    const std::int64_t ttl_us = ttl_arg(fcinfo, 1);
+    const std::int64_t wait_us = wait_arg(fcinfo, 2);
+    if (ttl_us < 0 && scope == Scope::lease)
+        ereport(ERROR,
+                (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("a lease-scope lock needs a ttl"),
+                 errhint("Only session and transaction scope locks may have a NULL ttl.")));
+    std::int32_t max_holders = PG_ARGISNULL(5) ? 1 : PG_GETARG_INT32(5);
+    if (max_holders < 1)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("max_holders must be at least 1")));
+    if (mode != lockext::Mode::semaphore && max_holders != 1)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("max_holders applies only to semaphore mode")));
+
+    Request req;
+    memset(&req, 0, sizeof(req));
+    req.dboid = MyDatabaseId;
+    req.roleid = GetUserId();
+    req.pid = MyProcPid;
+    req.mode = mode;
+    req.scope = scope;
+    req.max_holders = max_holders;
+    req.ttl_us = ttl_us;
+    if (!PG_ARGISNULL(6)) {
+        text *owner = PG_GETARG_TEXT_PP(6);
+        if (VARSIZE_ANY_EXHDR(owner) > lockext::kMaxOwnerLen)
+            ereport(ERROR, (errcode(ERRCODE_NAME_TOO_LONG),
+                            errmsg("owner is over the limit of %d bytes", lockext::kMaxOwnerLen)));
+        req.has_owner = true;
+        memcpy(req.owner, VARDATA_ANY(owner), VARSIZE_ANY_EXHDR(owner));
+    }
+    copy_str(req.app_name, application_name, sizeof(req.app_name));
+    client_addr(req.client_addr, sizeof(req.client_addr));
+
+    if (scope != Scope::lease)
+        lockext_register_backend_cleanup();
+    const Timestamp now = GetCurrentTimestamp();
+    Timestamp deadline = lockext::kNever;
+    if (wait_us >= 0 && wait_us < lockext::kNever - now)
+        deadline = now + wait_us;
+    const int waiter = MyProc->pgprocno;
+
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    Result r = lockext_shared->table->acquire(key, req, now, wait_us != 0, waiter,
+                                              lockext_wake_waiter, nullptr);
+    LWLockRelease(lockext_shared->table_lock);
+
+    if (r.outcome == Outcome::waiting) {
+        lockext_register_backend_cleanup();  // a FATAL while queued must dequeue us
+        wait_for_grant(waiter, deadline, &r);
+    }
+    switch (r.outcome) {
+        case Outcome::granted:
+            break;
+        case Outcome::busy:
+        case Outcome::timed_out:
+            PG_RETURN_NULL();
+        case Outcome::kind_conflict:
+            if (r.entry_semaphore)
+                ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                                errmsg("lock \"%.*s\" is in use as a semaphore with max_holders %d",
+                                       key.len, key.name, r.entry_max_holders),
+                                errhint("Every holder of a name must use the same mode family "
+                                        "and max_holders.")));
+            ereport(
+                ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                 errmsg("lock \"%.*s\" is in use in exclusive/shared mode", key.len, key.name),
+                 errhint("A name cannot be a semaphore and an exclusive/shared lock at once.")));
+            break;
+        case Outcome::capacity_full:
+            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                            errmsg("lockext lock table is full (%d slots)", lockext_max_locks),
+                            errhint("Release locks, or raise lockext.max_locks and restart.")));
+            break;
+        case Outcome::self_deadlock:
+            ereport(ERROR,
+                    (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+                     errmsg("lock \"%.*s\" is already held by this session", key.len, key.name),
+                     errdetail("Waiting for it would wait forever: lockext locks are not "
+                               "re-entrant.")));
+            break;
+        default:
+            elog(ERROR, "lockext: unexpected acquire outcome %d", static_cast<int>(r.outcome));
+    }
+    make_durable_or_release(&key, &r);
+    if (scope != Scope::lease)
+        lockext_note_scoped_grant(scope);
+    PG_RETURN_INT64(r.token);
+}
+
+// A held token argument; NULL is an error, not "not held".
+std::int64_t token_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("token must not be NULL")));
+    return PG_GETARG_INT64(n);
+}
+
+// lockext.renew(name, token, ttl) -> new expiry, or NULL when not held
+Datum renew_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
+    const Key key = key_arg(fcinfo, 0);
+    const std::int64_t token = token_arg(fcinfo, 1);
+    const std::int64_t ttl_us = ttl_arg(fcinfo, 2);
+    bool privileged = false;
+    Result r;
+    for (;;) {
+        LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        r = lockext_shared->table->renew(key, token, ttl_us, GetCurrentTimestamp(), GetUserId(),
+                                         privileged);
+        LWLockRelease(lockext_shared->table_lock);
+        if (r.outcome != Outcome::not_permitted)
+            break;
+        check_holder_role("renew", r.holder_role);
+        privileged = true;
+    }
+    if (r.outcome != Outcome::granted)
+        PG_RETURN_NULL();
+    lockext_durable_ensure(token, r.expires_at);
+    if (r.expires_at == lockext::kNever)
+        PG_RETURN_TIMESTAMPTZ(DT_NOEND);
+    PG_RETURN_TIMESTAMPTZ(r.expires_at);
+}
+
+// lockext.release(name, token) -> whether that token still held the lock
+Datum release_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
+    const Key key = key_arg(fcinfo, 0);
+    const std::int64_t token = token_arg(fcinfo, 1);
+    bool privileged = false;
+    Result r;
+    for (;;) {
+        LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        r = lockext_shared->table->release(key, token, GetCurrentTimestamp(), GetUserId(),
+                                           privileged, lockext_wake_waiter, nullptr);
+        LWLockRelease(lockext_shared->table_lock);
+        if (r.outcome != Outcome::not_permitted)
+            break;
+        check_holder_role("release", r.holder_role);
+        privileged = true;
+    }
+    PG_RETURN_BOOL(r.outcome == Outcome::granted);
+}
+
+// lockext.force_release(name) -> number of holders released
+Datum force_release_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
+    const Key key = key_arg(fcinfo, 0);
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    const std::int32_t n = lockext_shared->table->force_release(key, GetCurrentTimestamp(),
+                                                                lockext_wake_waiter, nullptr);
+    LWLockRelease(lockext_shared->table_lock);
+    PG_RETURN_INT32(n);
+}
+
+}  // namespace
+
+LOCKEXT_SQL_FUNCTION(acquire)
+LOCKEXT_SQL_FUNCTION(renew)
+LOCKEXT_SQL_FUNCTION(release)
+LOCKEXT_SQL_FUNCTION(force_release)

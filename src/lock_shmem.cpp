@@ -1,0 +1,214 @@
+// Module start-up, GUCs, shared memory and per-backend cleanup.
+//
+// LOCKING PROTOCOL (the only shared state of the lock service)
+//
+//   lockext_shared->table_lock (LWLock, tranche "lockext")
+//     EXCLUSIVE for every change to the LockTable: acquire, poll, abandon,
+//     renew, release, force_release, release_backend, reap_all, and the
+//     stats counters and LockTable::last_token (tokens are assigned in
+//     LockTable::grant under this lock, so they rise in grant order).
+//     SHARED for the read-only snapshots behind lockext.holders and
+//     lockext.waiters.
+//     Held only for in-memory work: no I/O, no allocation, no sleeping. The
+//     only calls made under it are into the C++ core and
+//     ConditionVariableSignal (a spinlock and a latch) via the wake callback.
+//
+//   lockext_shared->state_lock (LWLock, tranche "lockext")
+//     EXCLUSIVE while writing the durable state file (src/durable_state.cpp).
+//     Never taken while table_lock is held, and table_lock is never taken
+//     while it is held, so the two cannot deadlock.
+//
+//   durable_token, durable_horizon (pg_atomic_uint64)
+//     Read without a lock by any backend; written only under state_lock,
+//     after the file that records them is fsync'd.
+//
+//   cvs[i] (ConditionVariable)
+//     Slept on only by the backend whose PGPROC number is i, while its
+//     LockTable waiter i is queued. Signalled by whichever backend grants to
+//     waiter i, under table_lock. The sleeper prepares to sleep before it
+//     checks its state, so a grant between check and sleep is not lost.
+//
+//   LockTable::waiters[i]
+//     Written by backend i (enqueue, consume a grant, abandon) and by
+//     granting backends (state := granted), always under table_lock.
+//
+// Everything above is created by the postmaster in the shmem_startup_hook
+// under AddinShmemInitLock, and re-created after a crash restart.
+extern "C" {
+#include "postgres.h"
+
+#include "access/twophase.h"
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+}
+
+#include "lockext/lock_shmem.hpp"
+
+extern "C" {
+PG_MODULE_MAGIC;
+void _PG_init(void);
+}
+
+LockextShared *lockext_shared = nullptr;
+int lockext_max_locks = 4096;
+int lockext_max_ttl_s = 86400;
+int lockext_startup_grace_s = 0;
+
+static shmem_request_hook_type prev_shmem_request_hook = nullptr;
+static shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
+
+static bool cleanup_registered = false;
+static bool holds_session_locks = false;
+static bool holds_xact_locks = false;
+
+// Number of PGPROC slots, hence of possible waiters.
+static int waiter_slots() {
+    return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+// Bytes of the whole shared block.
+static Size shared_size() {
+    Size size = MAXALIGN(sizeof(LockextShared));
+    size = add_size(size, MAXALIGN(mul_size(sizeof(ConditionVariable), waiter_slots())));
+    size = add_size(size, lockext::LockTable::bytes_needed(lockext_max_locks, waiter_slots()));
+    return size;
+}
+
+// Ask the postmaster for our shared memory and LWLocks.
+static void lockext_shmem_request() {
+    if (prev_shmem_request_hook)
+        prev_shmem_request_hook();
+    RequestAddinShmemSpace(shared_size());
+    RequestNamedLWLockTranche("lockext", 2);
+}
+
+// Create (or attach to) the shared block; seed tokens from the state file.
+static void lockext_shmem_startup() {
+    if (prev_shmem_startup_hook)
+        prev_shmem_startup_hook();
+    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+    bool found = false;
+    char *base = static_cast<char *>(ShmemInitStruct("lockext", shared_size(), &found));
+    lockext_shared = reinterpret_cast<LockextShared *>(base);
+    if (!found) {
+        LWLockPadded *locks = GetNamedLWLockTranche("lockext");
+        lockext_shared->table_lock = &locks[0].lock;
+        lockext_shared->state_lock = &locks[1].lock;
+        pg_atomic_init_u64(&lockext_shared->durable_token, 0);
+        pg_atomic_init_u64(&lockext_shared->durable_horizon, 0);
+        char *p = base + MAXALIGN(sizeof(LockextShared));
+        lockext_shared->cvs = reinterpret_cast<ConditionVariable *>(p);
+        for (int i = 0; i < waiter_slots(); i++)
+            ConditionVariableInit(&lockext_shared->cvs[i]);
+        p += MAXALIGN(mul_size(sizeof(ConditionVariable), waiter_slots()));
+        lockext_shared->table = lockext::LockTable::create(p, lockext_max_locks, waiter_slots());
+        lockext_durable_startup(lockext_shared);
+    }
+    LWLockRelease(AddinShmemInitLock);
+}
+
+// Module load: GUCs always; hooks only when preloaded.
+void _PG_init(void) {
+    DefineCustomIntVariable(
+        "lockext.max_locks", "Maximum number of lock holders (slots) in shared memory.", nullptr,
+        &lockext_max_locks, 4096, 16, 10000000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("lockext.max_ttl", "Longest TTL a lease may be granted or renewed for.",
+                            nullptr, &lockext_max_ttl_s, 86400, 1, INT_MAX / 1000, PGC_SIGHUP,
+                            GUC_UNIT_S, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable(
+        "lockext.startup_grace", "Time after server start during which no lock is granted.",
+        "Set it to the longest TTL in use when a standby may be promoted: the standby "
+        "cannot know the leases its old primary granted.",
+        &lockext_startup_grace_s, 0, 0, INT_MAX / 1000, PGC_POSTMASTER, GUC_UNIT_S, nullptr,
+        nullptr, nullptr);
+    MarkGUCPrefixReserved("lockext");
+
+    if (!process_shared_preload_libraries_in_progress)
+        return;
+    prev_shmem_request_hook = shmem_request_hook;
+    shmem_request_hook = lockext_shmem_request;
+    prev_shmem_startup_hook = shmem_startup_hook;
+    shmem_startup_hook = lockext_shmem_startup;
+}
+
+// Raise an error with a hint unless the library was preloaded.
+void lockext_require_loaded() {
+    if (lockext_shared == nullptr)
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("lockext is not loaded"),
+                 errhint("Add lockext to shared_preload_libraries in postgresql.conf and restart "
+                         "the server.")));
+}
+
+// Signal waiter `w`'s condition variable; a lockext::WakeFn.
+void lockext_wake_waiter(std::int32_t w, void *) {
+    ConditionVariableSignal(&lockext_shared->cvs[w]);
+}
+
+// Release this backend's scoped locks and leave any wait queue.
+static void release_backend_locks(bool session, bool transaction) {
+    const TimestampTz now = GetCurrentTimestamp();
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    lockext::LockTable *t = lockext_shared->table;
+    if (session && t->is_waiting(MyProc->pgprocno)) {
+        t->abandon(MyProc->pgprocno, now, lockext_wake_waiter, nullptr);
+        t->stats().cancelled++;
+    }
+    t->release_backend(MyProcPid, session, transaction, now, lockext_wake_waiter, nullptr);
+    LWLockRelease(lockext_shared->table_lock);
+}
+
+// Backend exit: drop session and transaction locks and any pending wait.
+static void on_backend_exit(int, Datum) {
+    if (lockext_shared == nullptr || MyProc == nullptr)
+        return;
+    // LWLocks were released by the error path before exit callbacks run.
+    release_backend_locks(true, true);
+    holds_session_locks = holds_xact_locks = false;
+}
+
+// Transaction end: drop transaction-scope locks.
+static void on_xact_event(XactEvent event, void *) {
+    switch (event) {
+        case XACT_EVENT_PRE_PREPARE:
+            if (holds_xact_locks)
+                ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                                errmsg("cannot PREPARE a transaction that holds lockext "
+                                       "transaction-scope locks")));
+            break;
+        case XACT_EVENT_COMMIT:
+        case XACT_EVENT_ABORT:
+        case XACT_EVENT_PARALLEL_COMMIT:
+        case XACT_EVENT_PARALLEL_ABORT:
+            if (holds_xact_locks) {
+                release_backend_locks(false, true);
+                holds_xact_locks = false;
+            }
+            break;
+        default:
+            break;
+    }
+}
+
+// Register this backend's exit and transaction-end cleanups once.
+void lockext_register_backend_cleanup() {
+    if (cleanup_registered)
+        return;
+    before_shmem_exit(on_backend_exit, 0);
+    RegisterXactCallback(on_xact_event, nullptr);
+    cleanup_registered = true;
+}
+
+// Note that this backend now holds a lock in session or transaction scope.
+void lockext_note_scoped_grant(lockext::Scope scope) {
+    if (scope == lockext::Scope::session)
+        holds_session_locks = true;
+    if (scope == lockext::Scope::transaction)
+        holds_xact_locks = true;
+}

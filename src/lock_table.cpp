@@ -1,0 +1,624 @@
+// The lock table's algorithms: grant, queue, renew, release, expiry.
+//
+// Every method assumes the caller holds the table's LWLock exclusively,
+// except the const snapshot methods, which need it at least shared
+// (see the protocol in src/lock_shmem.cpp). Nothing here blocks or fails
+// halfway: each method leaves the table consistent before it returns.
+//
+// Fairness: a request is granted at once only when the queue is empty and
+// the live holders allow it; otherwise it joins the tail. grant_waiters()
+// grants from the head while the head is compatible, so a waiting exclusive
+// request is never overtaken by later shared ones, and a stream of newcomers
+// never starves an earlier waiter.
+#include "lockext/lock_table.hpp"
+
+#include <cstring>
+
+#include "lockext/pure_cpp.hpp"
+
+namespace lockext {
+
+namespace {
+
+// Round up to a power of two, at least 16.
+std::int32_t pow2_at_least(std::int64_t n) {
+    std::int64_t p = 16;
+    while (p < n)
+        p <<= 1;
+    return static_cast<std::int32_t>(p);
+}
+
+// Bytes rounded up to keep each array 8-byte aligned.
+std::size_t align8(std::size_t n) {
+    return (n + 7) & ~static_cast<std::size_t>(7);
+}
+
+// Whether a holder's lease is still in force at `now`.
+bool live(const Holder &h, Timestamp now) {
+    return h.expires_at > now;
+}
+
+// Expiry of a lease granted or renewed at `now` for `ttl_us`.
+Timestamp expiry(Timestamp now, std::int64_t ttl_us) {
+    if (ttl_us < 0)
+        return kNever;
+    if (ttl_us > kNever - now)
+        return kNever;
+    return now + ttl_us;
+}
+
+}  // namespace
+
+// Hash of a key, FNV-1a over the database oid and the name bytes.
+std::uint32_t hash_key(const Key &key) noexcept {
+    std::uint32_t h = 2166136261u;
+    for (int i = 0; i < 4; i++) {
+        h ^= (key.dboid >> (8 * i)) & 0xffu;
+        h *= 16777619u;
+    }
+    for (int i = 0; i < key.len; i++) {
+        h ^= static_cast<unsigned char>(key.name[i]);
+        h *= 16777619u;
+    }
+    return h;
+}
+
+// Bytes of shared memory for a table with these limits.
+std::size_t LockTable::bytes_needed(std::int32_t capacity, std::int32_t nwaiters) noexcept {
+    const std::int64_t nentries = static_cast<std::int64_t>(capacity) + nwaiters;
+    return align8(sizeof(LockTable)) +
+           align8(sizeof(std::int32_t) * static_cast<std::size_t>(pow2_at_least(nentries * 2))) +
+           align8(sizeof(Entry) * static_cast<std::size_t>(nentries)) +
+           align8(sizeof(Holder) * static_cast<std::size_t>(capacity)) +
+           align8(sizeof(Waiter) * static_cast<std::size_t>(nwaiters));
+}
+
+// Lay out an empty table in `mem`; called once by the postmaster.
+LockTable *LockTable::create(void *mem, std::int32_t capacity, std::int32_t nwaiters) noexcept {
+    std::memset(mem, 0, bytes_needed(capacity, nwaiters));
+    auto *t = static_cast<LockTable *>(mem);
+    t->capacity_ = capacity;
+    t->nwaiters_ = nwaiters;
+    t->nentries_ = capacity + nwaiters;
+    t->nbuckets_ = pow2_at_least(static_cast<std::int64_t>(t->nentries_) * 2);
+    t->last_token = 0;
+    t->grace_until = 0;
+    for (std::int32_t i = 0; i < t->nbuckets_; i++)
+        t->buckets()[i] = -1;
+    for (std::int32_t i = 0; i < t->nentries_; i++)
+        t->entries()[i].next = (i + 1 < t->nentries_) ? i + 1 : -1;
+    t->free_entries_ = 0;
+    for (std::int32_t i = 0; i < capacity; i++)
+        t->holders()[i].next = (i + 1 < capacity) ? i + 1 : -1;
+    t->free_holders_ = capacity > 0 ? 0 : -1;
+    for (std::int32_t i = 0; i < nwaiters; i++) {
+        t->waiters()[i].state = WaitState::idle;
+        t->waiters()[i].entry = -1;
+        t->waiters()[i].prev = t->waiters()[i].next = -1;
+    }
+    return t;
+}
+
+std::int32_t *LockTable::buckets() noexcept {
+    return reinterpret_cast<std::int32_t *>(reinterpret_cast<char *>(this) +
+                                            align8(sizeof(LockTable)));
+}
+Entry *LockTable::entries() noexcept {
+    return reinterpret_cast<Entry *>(reinterpret_cast<char *>(buckets()) +
+                                     align8(sizeof(std::int32_t) * nbuckets_));
+}
+Holder *LockTable::holders() noexcept {
+    return reinterpret_cast<Holder *>(reinterpret_cast<char *>(entries()) +
+                                      align8(sizeof(Entry) * nentries_));
+}
+Waiter *LockTable::waiters() noexcept {
+    return reinterpret_cast<Waiter *>(reinterpret_cast<char *>(holders()) +
+                                      align8(sizeof(Holder) * capacity_));
+}
+const std::int32_t *LockTable::buckets() const noexcept {
+    return const_cast<LockTable *>(this)->buckets();
+}
+const Entry *LockTable::entries() const noexcept {
+    return const_cast<LockTable *>(this)->entries();
+}
+const Holder *LockTable::holders() const noexcept {
+    return const_cast<LockTable *>(this)->holders();
+}
+const Waiter *LockTable::waiters() const noexcept {
+    return const_cast<LockTable *>(this)->waiters();
+}
+
+// Index of the entry for `key`, or -1.
+std::int32_t LockTable::find_entry(const Key &key, std::uint32_t hash) const noexcept {
+    for (std::int32_t e = buckets()[hash & (nbuckets_ - 1)]; e >= 0; e = entries()[e].next) {
+        const Entry &en = entries()[e];
+        if (en.hash == hash && en.dboid == key.dboid && en.name_len == key.len &&
+            std::memcmp(en.name, key.name, static_cast<std::size_t>(key.len)) == 0)
+            return e;
+    }
+    return -1;
+}
+
+// Take a free entry for `key` and link it into its bucket; -1 when none.
+std::int32_t LockTable::insert_entry(const Key &key, std::uint32_t hash) noexcept {
+    const std::int32_t e = free_entries_;
+    if (e < 0)
+        return -1;
+    Entry &en = entries()[e];
+    free_entries_ = en.next;
+    std::memset(&en, 0, sizeof(en));
+    en.in_use = true;
+    en.dboid = key.dboid;
+    en.hash = hash;
+    en.name_len = static_cast<std::uint16_t>(key.len);
+    std::memcpy(en.name, key.name, static_cast<std::size_t>(key.len));
+    en.holders = en.queue_head = en.queue_tail = -1;
+    std::int32_t &head = buckets()[hash & (nbuckets_ - 1)];
+    en.next = head;
+    head = e;
+    return e;
+}
+
+// Return an entry with no holders and no waiters to the free list.
+void LockTable::free_entry_if_unused(std::int32_t e) noexcept {
+    Entry &en = entries()[e];
+    if (en.nholders > 0 || en.nwaiters > 0)
+        return;
+    std::int32_t *link = &buckets()[en.hash & (nbuckets_ - 1)];
+    while (*link != e)
+        link = &entries()[*link].next;
+    *link = en.next;
+    en.in_use = false;
+    en.next = free_entries_;
+    free_entries_ = e;
+}
+
+// Unlink holder `h` from its entry and return the slot to the free list.
+void LockTable::unlink_holder(std::int32_t h) noexcept {
+    Holder &ho = holders()[h];
+    Entry &en = entries()[ho.entry];
+    std::int32_t *link = &en.holders;
+    while (*link != h)
+        link = &holders()[*link].next;
+    *link = ho.next;
+    en.nholders--;
+    ho.in_use = false;
+    ho.next = free_holders_;
+    free_holders_ = h;
+    holders_used_--;
+}
+
+// Free the expired holders of entry `e`; returns how many.
+std::int32_t LockTable::reap_entry(std::int32_t e, Timestamp now) noexcept {
+    std::int32_t n = 0;
+    std::int32_t h = entries()[e].holders;
+    while (h >= 0) {
+        const std::int32_t next = holders()[h].next;
+        if (!live(holders()[h], now)) {
+            unlink_holder(h);
+            n++;
+        }
+        h = next;
+    }
+    stats_.expired += static_cast<std::uint64_t>(n);
+    return n;
+}
+
+// Whether the live holders of `entry` admit `req` (the queue is not consulted).
+bool LockTable::grantable(const Entry &entry, const Request &req, Timestamp now) const noexcept {
+    if (now < grace_until)
+        return false;
+    std::int32_t nlive = 0;
+    bool exclusive_held = false;
+    for (std::int32_t h = entry.holders; h >= 0; h = holders()[h].next) {
+        const Holder &ho = holders()[h];
+        if (!live(ho, now))
+            continue;
+        nlive++;
+        if (ho.req.mode == Mode::exclusive)
+            exclusive_held = true;
+    }
+    switch (req.mode) {
+        case Mode::exclusive:
+            return nlive == 0;
+        case Mode::shared:
+            return !exclusive_held;
+        case Mode::semaphore:
+            return nlive < entry.max_holders;
+    }
+    return false;
+}
+
+// Whether backend `pid` holds `entry` in session or transaction scope.
+bool LockTable::holds_scoped(const Entry &entry, std::int32_t pid) const noexcept {
+    for (std::int32_t h = entry.holders; h >= 0; h = holders()[h].next) {
+        const Holder &ho = holders()[h];
+        if (ho.req.pid == pid && ho.req.scope != Scope::lease)
+            return true;
+    }
+    return false;
+}
+
+// Fill a free holder slot of entry `e` for `req`; -1 when none is free.
+std::int32_t LockTable::grant(std::int32_t e, const Request &req, Timestamp now) noexcept {
+    const std::int32_t h = free_holders_;
+    if (h < 0)
+        return -1;
+    Holder &ho = holders()[h];
+    free_holders_ = ho.next;
+    holders_used_++;
+    Entry &en = entries()[e];
+    ho.in_use = true;
+    ho.entry = e;
+    ho.token = ++last_token;
+    ho.acquired_at = now;
+    ho.renewed_at = 0;
+    ho.expires_at = expiry(now, req.ttl_us);
+    ho.req = req;
+    ho.next = en.holders;
+    en.holders = h;
+    en.nholders++;
+    stats_.acquired++;
+    return h;
+}
+
+// Append waiter `w` to the queue of entry `e`.
+void LockTable::enqueue(std::int32_t e, std::int32_t w) noexcept {
+    Entry &en = entries()[e];
+    Waiter &wa = waiters()[w];
+    wa.entry = e;
+    wa.next = -1;
+    wa.prev = en.queue_tail;
+    if (en.queue_tail >= 0)
+        waiters()[en.queue_tail].next = w;
+    else
+        en.queue_head = w;
+    en.queue_tail = w;
+    en.nwaiters++;
+}
+
+// Remove waiter `w` from its entry's queue (the entry stays allocated).
+void LockTable::dequeue(std::int32_t w) noexcept {
+    Waiter &wa = waiters()[w];
+    Entry &en = entries()[wa.entry];
+    if (wa.prev >= 0)
+        waiters()[wa.prev].next = wa.next;
+    else
+        en.queue_head = wa.next;
+    if (wa.next >= 0)
+        waiters()[wa.next].prev = wa.prev;
+    else
+        en.queue_tail = wa.prev;
+    wa.prev = wa.next = -1;
+    en.nwaiters--;
+}
+
+// Grant from the head of the queue of `e` while the head is admitted.
+void LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept {
+    Entry &en = entries()[e];
+    while (en.queue_head >= 0) {
+        const std::int32_t w = en.queue_head;
+        Waiter &wa = waiters()[w];
+        if (!grantable(en, wa.req, now))
+            break;
+        const std::int32_t h = grant(e, wa.req, now);
+        if (h < 0)
+            break;  // no slot: the waiter retries when it next wakes
+        dequeue(w);
+        wa.state = WaitState::granted;
+        wa.holder = h;
+        wa.token = holders()[h].token;
+        wa.expires_at = holders()[h].expires_at;
+        wake(w, ctx);
+    }
+}
+
+// Holder of entry `e` with `token`, or -1.
+std::int32_t LockTable::find_holder(std::int32_t e, std::int64_t token) const noexcept {
+    for (std::int32_t h = entries()[e].holders; h >= 0; h = holders()[h].next)
+        if (holders()[h].token == token)
+            return h;
+    return -1;
+}
+
+// Earliest expiry among the live holders of `entry`, or kNever.
+Timestamp LockTable::next_expiry(const Entry &entry, Timestamp now) const noexcept {
+    Timestamp t = kNever;
+    for (std::int32_t h = entry.holders; h >= 0; h = holders()[h].next) {
+        const Holder &ho = holders()[h];
+        if (live(ho, now) && ho.expires_at < t)
+            t = ho.expires_at;
+    }
+    return t;
+}
+
+// Grant now, or queue `waiter` if `may_wait`; wakes others via `wake`.
+Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, bool may_wait,
+                          std::int32_t waiter, WakeFn wake, void *ctx) noexcept {
+    Result r{};
+    const std::uint32_t hash = hash_key(key);
+    std::int32_t e = find_entry(key, hash);
+    if (e >= 0) {
+        // Expired holders are freed first so they neither block nor count.
+        if (reap_entry(e, now) > 0)
+            grant_waiters(e, now, wake, ctx);
+        const Entry &en = entries()[e];
+        const bool want_sem = req.mode == Mode::semaphore;
+        if (en.semaphore != want_sem || (want_sem && en.max_holders != req.max_holders)) {
+            if (en.nholders > 0 || en.nwaiters > 0) {
+                r.outcome = Outcome::kind_conflict;
+                r.entry_semaphore = en.semaphore;
+                r.entry_max_holders = en.max_holders;
+                return r;
+            }
+        }
+    } else {
+        e = insert_entry(key, hash);
+        if (e < 0 && reap_all(now, wake, ctx) > 0)
+            e = insert_entry(key, hash);
+        if (e < 0) {
+            r.outcome = Outcome::capacity_full;
+            return r;
+        }
+    }
+    Entry &en = entries()[e];
+    if (en.nholders == 0 && en.nwaiters == 0) {
+        en.semaphore = req.mode == Mode::semaphore;
+        en.max_holders = req.max_holders;
+    }
+    if (en.queue_head < 0 && grantable(en, req, now)) {
+        std::int32_t h = grant(e, req, now);
+        if (h < 0 && reap_all(now, wake, ctx) > 0)
+            h = grant(e, req, now);
+        if (h < 0) {
+            free_entry_if_unused(e);
+            r.outcome = Outcome::capacity_full;
+            return r;
+        }
+        r.outcome = Outcome::granted;
+        r.token = holders()[h].token;
+        r.expires_at = holders()[h].expires_at;
+        return r;
+    }
+    stats_.contended++;
+    if (!may_wait) {
+        stats_.timed_out++;
+        free_entry_if_unused(e);
+        r.outcome = Outcome::busy;
+        return r;
+    }
+    if (holds_scoped(en, req.pid)) {
+        free_entry_if_unused(e);
+        r.outcome = Outcome::self_deadlock;
+        return r;
+    }
+    Waiter &wa = waiters()[waiter];
+    wa.state = WaitState::waiting;
+    wa.since = now;
+    wa.token = 0;
+    wa.expires_at = 0;
+    wa.req = req;
+    enqueue(e, waiter);
+    r.outcome = Outcome::waiting;
+    return r;
+}
+
+// Check a queued waiter: granted, or still waiting until `*wake_at`.
+Result LockTable::poll(std::int32_t waiter, Timestamp now, Timestamp deadline, Timestamp *wake_at,
+                       WakeFn wake, void *ctx) noexcept {
+    Result r{};
+    Waiter &wa = waiters()[waiter];
+    if (wa.state == WaitState::waiting) {
+        // A holder may have expired since we slept: nobody signals expiry,
+        // so every waiter sleeps exactly until the next one and grants here.
+        const std::int32_t e = wa.entry;
+        reap_entry(e, now);
+        grant_waiters(e, now, wake, ctx);
+    }
+    if (wa.state == WaitState::granted) {
+        wa.state = WaitState::idle;
+        wa.entry = -1;
+        r.outcome = Outcome::granted;
+        r.token = wa.token;
+        r.expires_at = wa.expires_at;
+        return r;
+    }
+    if (now >= deadline) {
+        abandon(waiter, now, wake, ctx);
+        stats_.timed_out++;
+        r.outcome = Outcome::timed_out;
+        return r;
+    }
+    const Entry &en = entries()[wa.entry];
+    Timestamp t = next_expiry(en, now);
+    if (grace_until > now && grace_until < t)
+        t = grace_until;
+    *wake_at = t < deadline ? t : deadline;
+    r.outcome = Outcome::waiting;
+    return r;
+}
+
+// Leave the queue (cancel or error); a grant that raced in is released.
+void LockTable::abandon(std::int32_t waiter, Timestamp now, WakeFn wake, void *ctx) noexcept {
+    Waiter &wa = waiters()[waiter];
+    if (wa.state == WaitState::waiting) {
+        const std::int32_t e = wa.entry;
+        const bool was_head = entries()[e].queue_head == waiter;
+        dequeue(waiter);
+        // The head may have blocked compatible requests behind it.
+        if (was_head)
+            grant_waiters(e, now, wake, ctx);
+        free_entry_if_unused(e);
+    } else if (wa.state == WaitState::granted) {
+        // The grant was made for us but never returned: undo it.
+        const std::int32_t h = wa.holder;
+        if (holders()[h].in_use && holders()[h].token == wa.token) {
+            const std::int32_t e = holders()[h].entry;
+            unlink_holder(h);
+            stats_.released++;
+            grant_waiters(e, now, wake, ctx);
+            free_entry_if_unused(e);
+        }
+    }
+    wa.state = WaitState::idle;
+    wa.entry = -1;
+}
+
+// Whether `waiter` is queued or holds an unconsumed grant.
+bool LockTable::is_waiting(std::int32_t waiter) const noexcept {
+    return waiters()[waiter].state != WaitState::idle;
+}
+
+// Extend a live lease; ttl_us < 0 keeps the granted TTL.
+Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
+                        std::uint32_t caller_role, bool privileged) noexcept {
+    Result r{};
+    r.outcome = Outcome::not_held;
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return r;
+    const std::int32_t h = find_holder(e, token);
+    if (h < 0 || !live(holders()[h], now))
+        return r;
+    Holder &ho = holders()[h];
+    if (!privileged && ho.req.roleid != caller_role) {
+        r.outcome = Outcome::not_permitted;
+        r.holder_role = ho.req.roleid;
+        return r;
+    }
+    if (ttl_us >= 0)
+        ho.req.ttl_us = ttl_us;
+    ho.expires_at = expiry(now, ho.req.ttl_us);
+    ho.renewed_at = now;
+    stats_.renewed++;
+    r.outcome = Outcome::granted;
+    r.token = token;
+    r.expires_at = ho.expires_at;
+    return r;
+}
+
+// Release a live lease and hand the lock to the next waiters.
+Result LockTable::release(const Key &key, std::int64_t token, Timestamp now,
+                          std::uint32_t caller_role, bool privileged, WakeFn wake,
+                          void *ctx) noexcept {
+    Result r{};
+    r.outcome = Outcome::not_held;
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return r;
+    const std::int32_t h = find_holder(e, token);
+    if (h < 0)
+        return r;
+    if (!live(holders()[h], now)) {
+        reap_entry(e, now);
+        grant_waiters(e, now, wake, ctx);
+        free_entry_if_unused(e);
+        return r;
+    }
+    if (!privileged && holders()[h].req.roleid != caller_role) {
+        r.outcome = Outcome::not_permitted;
+        r.holder_role = holders()[h].req.roleid;
+        return r;
+    }
+    unlink_holder(h);
+    stats_.released++;
+    grant_waiters(e, now, wake, ctx);
+    free_entry_if_unused(e);
+    r.outcome = Outcome::granted;
+    r.token = token;
+    return r;
+}
+
+// Release every holder of `key` regardless of token; returns the count.
+std::int32_t LockTable::force_release(const Key &key, Timestamp now, WakeFn wake,
+                                      void *ctx) noexcept {
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return 0;
+    reap_entry(e, now);
+    std::int32_t n = 0;
+    while (entries()[e].holders >= 0) {
+        unlink_holder(entries()[e].holders);
+        n++;
+    }
+    stats_.released += static_cast<std::uint64_t>(n);
+    grant_waiters(e, now, wake, ctx);
+    free_entry_if_unused(e);
+    return n;
+}
+
+// Release holders of backend `pid` in session and/or transaction scope.
+std::int32_t LockTable::release_backend(std::int32_t pid, bool session, bool transaction,
+                                        Timestamp now, WakeFn wake, void *ctx) noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t h = 0; h < capacity_; h++) {
+        Holder &ho = holders()[h];
+        if (!ho.in_use || ho.req.pid != pid)
+            continue;
+        if (!((session && ho.req.scope == Scope::session) ||
+              (transaction && ho.req.scope == Scope::transaction)))
+            continue;
+        const std::int32_t e = ho.entry;
+        unlink_holder(h);
+        n++;
+        stats_.released++;
+        grant_waiters(e, now, wake, ctx);
+        free_entry_if_unused(e);
+    }
+    return n;
+}
+
+// Free every expired holder; returns the count.
+std::int32_t LockTable::reap_all(Timestamp now, WakeFn wake, void *ctx) noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t e = 0; e < nentries_; e++) {
+        if (!entries()[e].in_use)
+            continue;
+        const std::int32_t k = reap_entry(e, now);
+        if (k == 0)
+            continue;
+        n += k;
+        grant_waiters(e, now, wake, ctx);
+        free_entry_if_unused(e);
+    }
+    return n;
+}
+
+// Copy live holders of `dboid` into `out`; returns the count.
+std::int32_t LockTable::snapshot_holders(std::uint32_t dboid, Timestamp now, HolderRow *out,
+                                         std::int32_t max) const noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t h = 0; h < capacity_ && n < max; h++) {
+        const Holder &ho = holders()[h];
+        if (!ho.in_use || !live(ho, now) || ho.req.dboid != dboid)
+            continue;
+        const Entry &en = entries()[ho.entry];
+        out[n].holder = ho;
+        std::memcpy(out[n].name, en.name, en.name_len);
+        out[n].name[en.name_len] = '\0';
+        n++;
+    }
+    return n;
+}
+
+// Copy queued waiters of `dboid` into `out`; returns the count.
+std::int32_t LockTable::snapshot_waiters(std::uint32_t dboid, WaiterRow *out,
+                                         std::int32_t max) const noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t e = 0; e < nentries_; e++) {
+        const Entry &en = entries()[e];
+        if (!en.in_use || en.dboid != dboid)
+            continue;
+        std::int32_t pos = 1;
+        for (std::int32_t w = en.queue_head; w >= 0 && n < max; w = waiters()[w].next) {
+            out[n].waiter = waiters()[w];
+            out[n].position = pos++;
+            std::memcpy(out[n].name, en.name, en.name_len);
+            out[n].name[en.name_len] = '\0';
+            n++;
+        }
+    }
+    return n;
+}
+
+}  // namespace lockext
