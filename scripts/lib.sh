@@ -13,7 +13,7 @@ as_root() {
 
 # Install the Debian packages the given groups need, if any are missing.
 ensure_packages() {
-    local pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libpq-dev
+    local pkgs=(postgresql-15 postgresql-server-dev-15 libpq-dev
                 libipc-run-perl g++ make)
     local missing=()
     for p in "${pkgs[@]}" "$@"; do

@@ -113,14 +113,20 @@ static void lockext_shmem_startup() {
     LWLockRelease(AddinShmemInitLock);
 }
 
-// Module load: GUCs always; hooks only when preloaded.
+// Module load: GUCs, and the shared-memory hooks when preloaded.
 void _PG_init(void) {
-    DefineCustomIntVariable(
-        "lockext.max_locks", "Maximum number of lock holders (slots) in shared memory.", nullptr,
-        &lockext_max_locks, 4096, 16, 10000000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable("lockext.max_ttl", "Longest TTL a lease may be granted or renewed for.",
                             nullptr, &lockext_max_ttl_s, 86400, 1, INT_MAX / 1000, PGC_SIGHUP,
                             GUC_UNIT_S, nullptr, nullptr, nullptr);
+    // Postmaster-only settings may be defined only while preloading: defining
+    // them later (CREATE EXTENSION without preload) is a FATAL error.
+    if (!process_shared_preload_libraries_in_progress) {
+        MarkGUCPrefixReserved("lockext");
+        return;
+    }
+    DefineCustomIntVariable(
+        "lockext.max_locks", "Maximum number of lock holders (slots) in shared memory.", nullptr,
+        &lockext_max_locks, 4096, 16, 10000000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     DefineCustomIntVariable(
         "lockext.startup_grace", "Time after server start during which no lock is granted.",
         "Set it to the longest TTL in use when a standby may be promoted: the standby "
@@ -129,8 +135,6 @@ void _PG_init(void) {
         nullptr, nullptr);
     MarkGUCPrefixReserved("lockext");
 
-    if (!process_shared_preload_libraries_in_progress)
-        return;
     prev_shmem_request_hook = shmem_request_hook;
     shmem_request_hook = lockext_shmem_request;
     prev_shmem_startup_hook = shmem_startup_hook;

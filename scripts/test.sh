@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Run every test: pg_regress and isolation specs against a private server,
+# the TAP crash tests, and the 16-client stress run. Installs what is missing.
+# Ends with one "N passed, N failed" line; exits non-zero on any failure.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+passed=0
+failed=0
+failed_names=()
+
+# Run one suite (a command); count it as passed or failed.
+suite() {
+    local name=$1
+    shift
+    echo
+    echo "######## $name"
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        failed_names+=("$name")
+    fi
+}
+
+# pg_regress (test/sql) and isolation specs (test/specs) on a private server.
+regress_and_isolation() {
+    local results
+    results=$(mktemp -d /tmp/lockext-results.XXXXXX)
+    (
+        start_server
+        make -C "$LOCKEXT_ROOT" -s installcheck PG_CONFIG="$PGBIN/pg_config" \
+            LOCKEXT_RESULTS="$results"
+    ) && { rm -rf "$results"; return 0; }
+    find "$results" -name regression.diffs -exec cat {} \;
+    echo "(results kept in $results)"
+    return 1
+}
+
+ensure_packages
+build_and_install
+suite "pg_regress + isolation" regress_and_isolation
+suite "TAP (crash, restart, not preloaded)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
+suite "stress (16 clients)" bash "$LOCKEXT_ROOT/scripts/run_stress.sh"
+
+echo
+[ "$failed" = 0 ] || echo "failed suites: ${failed_names[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
