@@ -1,5 +1,8 @@
 -- Backend exits: a terminated backend leaves no waiter behind and drops its
 -- session locks; its leases live on until they expire or are released.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS lockext;
+RESET client_min_messages;
 CREATE EXTENSION IF NOT EXISTS dblink;
 CREATE FUNCTION here() RETURNS text LANGUAGE sql AS $$
     SELECT format('host=%s port=%s dbname=%s user=%s',

@@ -1,5 +1,8 @@
 -- Bad input: every case raises a clear error with a SQLSTATE, and the
 -- session (and its transaction, where PostgreSQL allows) stays usable.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS lockext;
+RESET client_min_messages;
 CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE sql;

@@ -1,6 +1,9 @@
 -- Privileges: renew and release need the token and the holder's role;
 -- force_release is for administrators; other roles' tokens and client
 -- addresses are hidden, as pg_stat_activity hides their details.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS lockext;
+RESET client_min_messages;
 CREATE ROLE regress_lockext_alice;
 CREATE ROLE regress_lockext_bob;
 CREATE ROLE regress_lockext_admin;
