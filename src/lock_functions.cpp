@@ -96,18 +96,25 @@ std::int64_t wait_arg(FunctionCallInfo fcinfo, int n) {
     return us;
 }
 
+// Whether text `t` equals the C string `s`, without copying it (hot path).
+bool text_is(const text *t, const char *s) {
+    const std::size_t len = VARSIZE_ANY_EXHDR(t);
+    return len == strlen(s) && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
 // The `mode` argument.
 lockext::Mode mode_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_ARGISNULL(n))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("mode must not be NULL")));
-    char *s = text_to_cstring(PG_GETARG_TEXT_PP(n));
-    if (strcmp(s, "exclusive") == 0)
+    text *t = PG_GETARG_TEXT_PP(n);
+    if (text_is(t, "exclusive"))
         return lockext::Mode::exclusive;
-    if (strcmp(s, "shared") == 0)
+    if (text_is(t, "shared"))
         return lockext::Mode::shared;
-    if (strcmp(s, "semaphore") == 0)
+    if (text_is(t, "semaphore"))
         return lockext::Mode::semaphore;
-    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("unknown mode \"%s\"", s),
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("unknown mode \"%s\"", text_to_cstring(t)),
                     errhint("Use exclusive, shared or semaphore.")));
     pg_unreachable();
 }
@@ -116,14 +123,15 @@ lockext::Mode mode_arg(FunctionCallInfo fcinfo, int n) {
 Scope scope_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_ARGISNULL(n))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("scope must not be NULL")));
-    char *s = text_to_cstring(PG_GETARG_TEXT_PP(n));
-    if (strcmp(s, "lease") == 0)
+    text *t = PG_GETARG_TEXT_PP(n);
+    if (text_is(t, "lease"))
         return Scope::lease;
-    if (strcmp(s, "session") == 0)
+    if (text_is(t, "session"))
         return Scope::session;
-    if (strcmp(s, "transaction") == 0)
+    if (text_is(t, "transaction"))
         return Scope::transaction;
-    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("unknown scope \"%s\"", s),
+    ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                    errmsg("unknown scope \"%s\"", text_to_cstring(t)),
                     errhint("Use lease, session or transaction.")));
     pg_unreachable();
 }
@@ -141,16 +149,22 @@ void copy_str(char *dst, const char *src, std::size_t size) {
 
 // The client's address as pg_stat_activity shows it; empty for unix sockets.
 void client_addr(char *out, std::size_t size) {
-    out[0] = '\0';
-    if (MyBEEntry == nullptr)
-        return;
-    const SockAddr *addr = &MyBEEntry->st_clientaddr;
-    const int family = addr->addr.ss_family;
-    if (family != AF_INET && family != AF_INET6)
-        return;
-    if (pg_getnameinfo_all(&addr->addr, addr->salen, out, static_cast<int>(size), nullptr, 0,
-                           NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-        out[0] = '\0';
+    // A backend's peer never changes, so format it once, not per acquire.
+    static bool cached = false;
+    static char addr_text[lockext::kAddrLen];
+    if (!cached) {
+        addr_text[0] = '\0';
+        if (MyBEEntry != nullptr) {
+            const SockAddr *addr = &MyBEEntry->st_clientaddr;
+            const int family = addr->addr.ss_family;
+            if ((family == AF_INET || family == AF_INET6) &&
+                pg_getnameinfo_all(&addr->addr, addr->salen, addr_text, sizeof(addr_text), nullptr,
+                                   0, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+                addr_text[0] = '\0';
+        }
+        cached = true;
+    }
+    strlcpy(out, addr_text, size);
 }
 
 // Ask `who` is (role) to be at least the holder's role; raise otherwise.
