@@ -42,6 +42,8 @@ constexpr std::uint32_t kMagic = 0x4c4b5854;  // "LKXT"
 constexpr std::uint32_t kVersion = 1;
 constexpr std::int64_t kTokenBlock = 1000000;
 constexpr std::int64_t kHorizonSlack = 10 * USECS_PER_SEC;
+// How far tokens jump past the clock when the state file is unreadable.
+constexpr std::int64_t kUnknownTokenJump = 1000 * kTokenBlock;
 
 struct StateFile {
     std::uint32_t magic;
@@ -113,6 +115,19 @@ void write_state(std::int64_t token_mark, std::int64_t horizon) {
     durable_rename(kStateTmp, kStateFile, ERROR);
 }
 
+// write_state(), releasing `lock` first if it fails: the caller's cleanup
+// takes table_lock, and the two are never held together.
+void write_state_releasing(LWLock *lock, std::int64_t token_mark, std::int64_t horizon) {
+    PG_TRY();
+    { write_state(token_mark, horizon); }
+    PG_CATCH();
+    {
+        LWLockRelease(lock);
+        PG_RE_THROW();
+    }
+    PG_END_TRY();
+}
+
 }  // namespace
 
 // Load the durable state at server start and seed the token counter.
@@ -126,7 +141,10 @@ void lockext_durable_startup(LockextShared *shared) {
         token_mark = s.token_mark;
         horizon = s.horizon;
     } else if (!missing) {
-        // Unknown leases may be out there: wait out the longest possible one.
+        // The file exists but cannot be trusted: assume the worst. Tokens
+        // jump far past the clock, and leases granted before may be as long
+        // as any TTL allowed now.
+        token_mark = now + kUnknownTokenJump;
         horizon = now + static_cast<std::int64_t>(lockext_max_ttl_s) * USECS_PER_SEC;
     }
     const std::int64_t grace =
@@ -162,7 +180,7 @@ void lockext_durable_ensure(std::int64_t token, lockext::Timestamp expires_at) {
             mark = token + kTokenBlock;
         if (!no_expiry && expires_at > horizon)
             horizon = expires_at + kHorizonSlack;
-        write_state(mark, horizon);
+        write_state_releasing(sh->state_lock, mark, horizon);
         pg_atomic_write_u64(&sh->durable_token, static_cast<uint64>(mark));
         pg_atomic_write_u64(&sh->durable_horizon, static_cast<uint64>(horizon));
     }

@@ -197,9 +197,9 @@ void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
     PG_TRY();
     {
         for (;;) {
-            const Timestamp now = GetCurrentTimestamp();
             Timestamp wake_at = lockext::kNever;
             LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+            const Timestamp now = GetCurrentTimestamp();
             *out = lockext_shared->table->poll(waiter, now, deadline, &wake_at, lockext_wake_waiter,
                                                nullptr);
             LWLockRelease(lockext_shared->table_lock);
@@ -223,7 +223,8 @@ void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
     ConditionVariableCancelSleep();
 }
 
-// After a grant: make it crash-safe, or release it and let the error go on.
+// After a grant or renewal: make it crash-safe, or release it (the safe
+// side: the holder learns at its next renew) and let the error go on.
 void make_durable_or_release(const Key *key, const Result *r) {
     PG_TRY();
     { lockext_durable_ensure(r->token, r->expires_at); }
@@ -278,23 +279,24 @@ Datum acquire_impl(FunctionCallInfo fcinfo) {
     copy_str(req.app_name, application_name, sizeof(req.app_name));
     client_addr(req.client_addr, sizeof(req.client_addr));
 
-    if (scope != Scope::lease)
+    // Before queueing: a FATAL while queued must find its cleanup registered.
+    if (scope != Scope::lease || wait_us != 0)
         lockext_register_backend_cleanup();
+    const int waiter = MyProc->pgprocno;
+
+    // The clock is read under the lock, so a lease never starts before the
+    // moment it is granted (a grant made later by another backend included).
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
     const Timestamp now = GetCurrentTimestamp();
     Timestamp deadline = lockext::kNever;
     if (wait_us >= 0 && wait_us < lockext::kNever - now)
         deadline = now + wait_us;
-    const int waiter = MyProc->pgprocno;
-
-    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
     Result r = lockext_shared->table->acquire(key, req, now, wait_us != 0, waiter,
                                               lockext_wake_waiter, nullptr);
     LWLockRelease(lockext_shared->table_lock);
 
-    if (r.outcome == Outcome::waiting) {
-        lockext_register_backend_cleanup();  // a FATAL while queued must dequeue us
+    if (r.outcome == Outcome::waiting)
         wait_for_grant(waiter, deadline, &r);
-    }
     switch (r.outcome) {
         case Outcome::granted:
             break;
@@ -353,7 +355,7 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     for (;;) {
         LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
         r = lockext_shared->table->renew(key, token, ttl_us, GetCurrentTimestamp(), GetUserId(),
-                                         privileged);
+                                         privileged, lockext_wake_waiter, nullptr);
         LWLockRelease(lockext_shared->table_lock);
         if (r.outcome != Outcome::not_permitted)
             break;
@@ -362,7 +364,7 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     }
     if (r.outcome != Outcome::granted)
         PG_RETURN_NULL();
-    lockext_durable_ensure(token, r.expires_at);
+    make_durable_or_release(&key, &r);
     if (r.expires_at == lockext::kNever)
         PG_RETURN_TIMESTAMPTZ(DT_NOEND);
     PG_RETURN_TIMESTAMPTZ(r.expires_at);

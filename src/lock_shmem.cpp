@@ -64,7 +64,6 @@ static shmem_request_hook_type prev_shmem_request_hook = nullptr;
 static shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 
 static bool cleanup_registered = false;
-static bool holds_session_locks = false;
 static bool holds_xact_locks = false;
 
 // Number of PGPROC slots, hence of possible waiters.
@@ -157,8 +156,8 @@ void lockext_wake_waiter(std::int32_t w, void *) {
 
 // Release this backend's scoped locks and leave any wait queue.
 static void release_backend_locks(bool session, bool transaction) {
-    const TimestampTz now = GetCurrentTimestamp();
     LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    const TimestampTz now = GetCurrentTimestamp();
     lockext::LockTable *t = lockext_shared->table;
     if (session && t->is_waiting(MyProc->pgprocno)) {
         t->abandon(MyProc->pgprocno, now, lockext_wake_waiter, nullptr);
@@ -172,9 +171,12 @@ static void release_backend_locks(bool session, bool transaction) {
 static void on_backend_exit(int, Datum) {
     if (lockext_shared == nullptr || MyProc == nullptr)
         return;
-    // LWLocks were released by the error path before exit callbacks run.
+    // On FATAL this runs before ShutdownPostgres releases LWLocks. Nothing
+    // that can raise FATAL runs under table_lock, but never self-deadlock.
+    if (LWLockHeldByMe(lockext_shared->table_lock))
+        LWLockRelease(lockext_shared->table_lock);
     release_backend_locks(true, true);
-    holds_session_locks = holds_xact_locks = false;
+    holds_xact_locks = false;
 }
 
 // Transaction end: drop transaction-scope locks.
@@ -211,8 +213,6 @@ void lockext_register_backend_cleanup() {
 
 // Note that this backend now holds a lock in session or transaction scope.
 void lockext_note_scoped_grant(lockext::Scope scope) {
-    if (scope == lockext::Scope::session)
-        holds_session_locks = true;
     if (scope == lockext::Scope::transaction)
         holds_xact_locks = true;
 }

@@ -293,24 +293,43 @@ void LockTable::dequeue(std::int32_t w) noexcept {
     en.nwaiters--;
 }
 
-// Grant from the head of the queue of `e` while the head is admitted.
-void LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept {
+// Grant from the head of the queue of `e` while the head is admitted;
+// returns whether anything was granted.
+//
+// Waiters sleep until the earliest expiry they saw when they last looked.
+// When the holders change under them (a grant here, a renewal), the new head
+// is signalled so it looks again: otherwise a short lease handed to the
+// waiter ahead of it would expire unnoticed. Only the head needs to look,
+// because whoever polls grants from the head.
+bool LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept {
     Entry &en = entries()[e];
+    bool granted = false;
     while (en.queue_head >= 0) {
         const std::int32_t w = en.queue_head;
         Waiter &wa = waiters()[w];
         if (!grantable(en, wa.req, now))
             break;
-        const std::int32_t h = grant(e, wa.req, now);
-        if (h < 0)
-            break;  // no slot: the waiter retries when it next wakes
+        std::int32_t h = grant(e, wa.req, now);
+        if (h < 0 && reap_all_but(e, now) > 0)
+            h = grant(e, wa.req, now);
         dequeue(w);
+        if (h < 0) {
+            // Its turn came but the table is full: fail it rather than let it
+            // sleep with nobody bound to wake it when a slot frees elsewhere.
+            wa.state = WaitState::failed;
+            wake(w, ctx);
+            continue;
+        }
         wa.state = WaitState::granted;
         wa.holder = h;
         wa.token = holders()[h].token;
         wa.expires_at = holders()[h].expires_at;
         wake(w, ctx);
+        granted = true;
     }
+    if (granted && en.queue_head >= 0)
+        wake(en.queue_head, ctx);
+    return granted;
 }
 
 // Holder of entry `e` with `token`, or -1.
@@ -392,6 +411,10 @@ Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, boo
         r.outcome = Outcome::self_deadlock;
         return r;
     }
+    // A slot left busy by a backend that died before cleaning up must not be
+    // linked twice.
+    if (waiters()[waiter].state != WaitState::idle)
+        abandon(waiter, now, wake, ctx);
     Waiter &wa = waiters()[waiter];
     wa.state = WaitState::waiting;
     wa.since = now;
@@ -408,12 +431,24 @@ Result LockTable::poll(std::int32_t waiter, Timestamp now, Timestamp deadline, T
                        WakeFn wake, void *ctx) noexcept {
     Result r{};
     Waiter &wa = waiters()[waiter];
+    if (wa.state == WaitState::idle) {
+        r.outcome = Outcome::timed_out;  // not queued: nothing to wait for
+        return r;
+    }
+    if (wa.state == WaitState::failed) {
+        wa.state = WaitState::idle;
+        wa.entry = -1;
+        r.outcome = Outcome::capacity_full;
+        return r;
+    }
     if (wa.state == WaitState::waiting) {
         // A holder may have expired since we slept: nobody signals expiry,
         // so every waiter sleeps exactly until the next one and grants here.
         const std::int32_t e = wa.entry;
         reap_entry(e, now);
         grant_waiters(e, now, wake, ctx);
+        if (wa.state != WaitState::waiting)
+            free_entry_if_unused(e);
     }
     if (wa.state == WaitState::granted) {
         wa.state = WaitState::idle;
@@ -471,7 +506,8 @@ bool LockTable::is_waiting(std::int32_t waiter) const noexcept {
 
 // Extend a live lease; ttl_us < 0 keeps the granted TTL.
 Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
-                        std::uint32_t caller_role, bool privileged) noexcept {
+                        std::uint32_t caller_role, bool privileged, WakeFn wake,
+                        void *ctx) noexcept {
     Result r{};
     r.outcome = Outcome::not_held;
     const std::int32_t e = find_entry(key, hash_key(key));
@@ -491,6 +527,9 @@ Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
     ho.expires_at = expiry(now, ho.req.ttl_us);
     ho.renewed_at = now;
     stats_.renewed++;
+    // A shorter lease may now expire before the head planned to look again.
+    if (entries()[e].queue_head >= 0)
+        wake(entries()[e].queue_head, ctx);
     r.outcome = Outcome::granted;
     r.token = token;
     r.expires_at = ho.expires_at;
@@ -563,6 +602,19 @@ std::int32_t LockTable::release_backend(std::int32_t pid, bool session, bool tra
         n++;
         stats_.released++;
         grant_waiters(e, now, wake, ctx);
+        free_entry_if_unused(e);
+    }
+    return n;
+}
+
+// Free expired holders of every entry but `skip` without granting (so it is
+// safe inside grant_waiters); returns the count.
+std::int32_t LockTable::reap_all_but(std::int32_t skip, Timestamp now) noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t e = 0; e < nentries_; e++) {
+        if (e == skip || !entries()[e].in_use || entries()[e].nwaiters > 0)
+            continue;
+        n += reap_entry(e, now);
         free_entry_if_unused(e);
     }
     return n;

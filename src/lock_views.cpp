@@ -75,7 +75,9 @@ Datum holders_impl(FunctionCallInfo fcinfo) {
     LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
     const std::int32_t used = t->slots_used();
     LWLockRelease(lockext_shared->table_lock);
-    HolderRow *rows = static_cast<HolderRow *>(palloc(sizeof(HolderRow) * Max(used, 1)));
+    // Huge: a large lockext.max_locks can need more than 1 GB of rows.
+    HolderRow *rows = static_cast<HolderRow *>(
+        palloc_extended(sizeof(HolderRow) * Max(used, 1), MCXT_ALLOC_HUGE));
     LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
     const std::int32_t n = t->snapshot_holders(MyDatabaseId, GetCurrentTimestamp(), rows, used);
     LWLockRelease(lockext_shared->table_lock);

@@ -76,7 +76,8 @@ struct Entry {
     char name[kMaxNameLen + 1];
 };
 
-enum class WaitState : std::uint8_t { idle, waiting, granted };
+// `failed`: dequeued because no holder slot was free when its turn came.
+enum class WaitState : std::uint8_t { idle, waiting, granted, failed };
 
 // One backend's pending request; indexed by its PGPROC number.
 struct Waiter {
@@ -164,7 +165,7 @@ class LockTable {
 
     // Extend a live lease; ttl_us < 0 keeps the granted TTL.
     Result renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
-                 std::uint32_t caller_role, bool privileged) noexcept;
+                 std::uint32_t caller_role, bool privileged, WakeFn wake, void *ctx) noexcept;
     // Release a live lease and hand the lock to the next waiters.
     Result release(const Key &key, std::int64_t token, Timestamp now, std::uint32_t caller_role,
                    bool privileged, WakeFn wake, void *ctx) noexcept;
@@ -219,11 +220,12 @@ class LockTable {
     std::int32_t insert_entry(const Key &key, std::uint32_t hash) noexcept;
     void free_entry_if_unused(std::int32_t e) noexcept;
     std::int32_t reap_entry(std::int32_t e, Timestamp now) noexcept;
+    std::int32_t reap_all_but(std::int32_t skip, Timestamp now) noexcept;
     bool grantable(const Entry &entry, const Request &req, Timestamp now) const noexcept;
     bool holds_scoped(const Entry &entry, std::int32_t pid) const noexcept;
     std::int32_t grant(std::int32_t e, const Request &req, Timestamp now) noexcept;
     void unlink_holder(std::int32_t h) noexcept;
-    void grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept;
+    bool grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept;
     void enqueue(std::int32_t e, std::int32_t w) noexcept;
     void dequeue(std::int32_t w) noexcept;
     std::int32_t find_holder(std::int32_t e, std::int64_t token) const noexcept;
