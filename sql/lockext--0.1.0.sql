@@ -120,13 +120,14 @@ END $$;
 CREATE FUNCTION @extschema@.create_queue(queue text, partitions int DEFAULT 8)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    jobs text := format('@extschema@.%I', 'queue_' || queue);
+    jobs text;
 BEGIN
     IF queue IS NULL THEN
         RAISE EXCEPTION 'queue name must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM @extschema@._check(queue ~ '^[a-z][a-z0-9_]{0,39}$',
         format('invalid queue name "%s": use 1 to 40 lowercase letters, digits and _, starting with a letter', queue));
+    jobs := format('@extschema@.%I', 'queue_' || queue);
     PERFORM @extschema@._check(partitions >= 1 AND partitions <= 1024,
         format('partitions must be between 1 and 1024, not %s', coalesce(partitions::text, 'NULL')));
     IF EXISTS (SELECT 1 FROM @extschema@.queues q WHERE q.queue = create_queue.queue) THEN

@@ -1,0 +1,163 @@
+-- Job queues: the API, per-key order, leases and tokens, retries, dead
+-- letters, and every bad input.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS lockext;
+CREATE EXTENSION IF NOT EXISTS dblink;
+RESET client_min_messages;
+\pset null '(null)'
+CREATE FUNCTION qtry(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN others THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+-- Creating and dropping queues.
+SELECT lockext.create_queue('orders', 4);
+SELECT queue, partitions FROM lockext.queues;
+SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'lockext.queue_orders'::regclass;
+SELECT c.relname, c.reloptions FROM pg_class c
+  JOIN pg_inherits i ON i.inhrelid = c.oid
+ WHERE i.inhparent = 'lockext.queue_orders'::regclass ORDER BY c.relname LIMIT 1;
+SELECT qtry($$SELECT lockext.create_queue('orders')$$);
+SELECT qtry($$SELECT lockext.create_queue('bad', 0)$$);
+SELECT qtry($$SELECT lockext.create_queue('bad', -3)$$);
+SELECT qtry($$SELECT lockext.create_queue('Bad Name')$$);
+SELECT qtry($$SELECT lockext.create_queue(NULL)$$);
+SELECT qtry($$SELECT lockext.drop_queue('nosuch')$$);
+
+-- Bad input to the job functions.
+SELECT qtry($$SELECT lockext.enqueue('nosuch', '{}')$$);
+SELECT qtry($$SELECT lockext.enqueue('orders', NULL)$$);
+SELECT qtry($$SELECT lockext.enqueue('orders', '{}', max_attempts => 0)$$);
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}', '{}']::jsonb[], ARRAY['a'])$$);
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}', NULL]::jsonb[])$$);
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', NULL)$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 0)$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '0 s')$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '-1 s')$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('nosuch')$$);
+SELECT qtry($$SELECT lockext.complete('orders', ARRAY[1, 2]::bigint[], ARRAY[1]::bigint[])$$);
+SELECT qtry($$SELECT lockext.extend('orders', 1, 1, '0 s')$$);
+SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '-1 s')$$);
+-- Nothing was lost by the failures above: the queue is still empty.
+SELECT ready, scheduled, running, retrying, dead FROM lockext.queue_stats;
+-- The transaction stays usable after a caught error.
+BEGIN;
+SELECT qtry($$SELECT lockext.enqueue('orders', NULL)$$);
+SELECT lockext.enqueue('orders', '{"n": 0}') > 0 AS enqueued_in_same_tx;
+ROLLBACK;
+SELECT ready FROM lockext.queue_stats;
+
+-- Per-key order: only the head of each key is handed out.
+SELECT lockext.enqueue('orders', '{"n": 1}', 'k1') AS j1 \gset
+SELECT lockext.enqueue('orders', '{"n": 2}', 'k1') AS j2 \gset
+SELECT lockext.enqueue('orders', '{"n": 3}', 'k2') AS j3 \gset
+SELECT lockext.enqueue('orders', '{"n": 4}') AS j4 \gset
+-- A higher priority does not let a job overtake its own key...
+SELECT lockext.enqueue('orders', '{"n": 5}', 'k1', priority => 10) AS j5 \gset
+-- ...but does order it among free jobs.
+SELECT lockext.enqueue('orders', '{"n": 6}', 'k3', priority => 5) AS j6 \gset
+CREATE TEMP TABLE got AS SELECT * FROM lockext.dequeue('orders', 10, '1 minute', 'w1');
+SELECT payload, key, attempt FROM got ORDER BY id;
+SELECT (SELECT payload FROM lockext.dequeue('orders', 10) LIMIT 1) AS nothing_else_free;
+SELECT ready, running FROM lockext.queue_stats;
+-- Completing k1's head frees the next job of k1 (n=2), not the priority one.
+SELECT lockext.complete('orders', id, token) FROM got WHERE key = 'k1';
+CREATE TEMP TABLE got_k1 AS SELECT * FROM lockext.dequeue('orders', 10);
+SELECT payload FROM got_k1;
+SELECT lockext.complete('orders', ARRAY(SELECT id FROM got WHERE key IS DISTINCT FROM 'k1'),
+                        ARRAY(SELECT token FROM got WHERE key IS DISTINCT FROM 'k1')) AS completed;
+-- A completed job cannot be completed again, nor failed, nor extended.
+SELECT lockext.complete('orders', id, token) AS again FROM got WHERE key = 'k2';
+SELECT lockext.fail('orders', id, token, 'late') AS fail_after_complete FROM got WHERE key = 'k2';
+SELECT lockext.extend('orders', id, token, '1 min') AS extend_after_complete FROM got WHERE key = 'k2';
+DROP TABLE got;
+-- Drain what is left, in key order: n=5 only after n=2 completed.
+SELECT count(*) AS k1_blocked FROM lockext.dequeue('orders', 10);
+SELECT lockext.complete('orders', id, token), payload FROM got_k1;
+CREATE TEMP TABLE got AS SELECT * FROM lockext.dequeue('orders', 10);
+SELECT lockext.complete('orders', id, token), payload FROM got;
+DROP TABLE got; DROP TABLE got_k1;
+SELECT ready, scheduled, running, retrying, dead FROM lockext.queue_stats;
+SELECT count(*) AS rows_left FROM lockext.queue_orders;
+
+-- Retries: a failed job goes back with backoff, keeps blocking its key,
+-- and comes back with a new token and attempt + 1.
+SELECT lockext.enqueue('orders', '{"n": 10}', 'r', max_attempts => 2) AS r1 \gset
+SELECT lockext.enqueue('orders', '{"n": 11}', 'r') AS r2 \gset
+CREATE TEMP TABLE got AS SELECT * FROM lockext.dequeue('orders', 10);
+SELECT payload, attempt FROM got;
+SELECT lockext.fail('orders', id, token, 'boom') FROM got;
+SELECT lockext.fail('orders', id, token, 'boom') AS stale_fail FROM got;
+SELECT retrying, ready FROM lockext.queue_stats;
+SELECT run_at > now() AS backed_off, last_error FROM lockext.queue_orders WHERE id = :r1;
+SELECT count(*) AS nothing_free_while_retrying FROM lockext.dequeue('orders', 10);
+UPDATE lockext.queue_orders SET run_at = now() WHERE id = :r1;
+CREATE TEMP TABLE got2 AS SELECT * FROM lockext.dequeue('orders', 10);
+SELECT got2.payload, got2.attempt, got2.token > got.token AS new_token FROM got2, got;
+-- Out of attempts: the job dies, and stops blocking its key.
+SELECT lockext.fail('orders', id, token, 'boom again') FROM got2;
+SELECT id = :r1 AS same_job, attempt, max_attempts, last_error FROM lockext.queue_orders_dead;
+SELECT dead FROM lockext.queue_stats;
+SELECT payload FROM lockext.dequeue('orders', 10) AS d;
+DROP TABLE got; DROP TABLE got2;
+-- Redrive puts it back, at the back of its key's line.
+SELECT lockext.redrive('orders') AS redriven;
+SELECT dead, running FROM lockext.queue_stats;
+SELECT count(*) AS blocked_behind_running FROM lockext.dequeue('orders', 10);
+SELECT lockext.complete('orders', id, token) FROM lockext.queue_orders WHERE state = 'running';
+SELECT payload, attempt FROM lockext.dequeue('orders', 10);
+SELECT lockext.redrive('orders', ARRAY[12345]::bigint[]) AS nothing_to_redrive;
+DELETE FROM lockext.queue_orders;
+
+-- Leases: an expired lease is handed out again with a new token and
+-- attempt + 1; the stale token can no longer complete, fail or extend.
+SELECT lockext.enqueue('orders', '{"n": 20}', 'l') AS l1 \gset
+CREATE TEMP TABLE first AS SELECT * FROM lockext.dequeue('orders', 1, '200 ms');
+SELECT lockext.extend('orders', id, token, '300 ms') > now() AS extended FROM first;
+SELECT count(*) AS still_leased FROM lockext.dequeue('orders', 1);
+SELECT pg_sleep(0.4);
+CREATE TEMP TABLE second AS SELECT * FROM lockext.dequeue('orders', 1, '1 minute');
+SELECT s.id = f.id AS same_job, s.attempt, s.token > f.token AS new_token FROM first f, second s;
+SELECT lockext.complete('orders', id, token) AS stale_complete FROM first;
+SELECT lockext.extend('orders', id, token, '1 min') AS stale_extend FROM first;
+SELECT lockext.fail('orders', id, token, 'x') AS stale_fail FROM first;
+SELECT lockext.complete('orders', id, token) AS live_complete FROM second;
+DROP TABLE first; DROP TABLE second;
+-- A job whose lease runs out on its last attempt goes dead.
+SELECT lockext.enqueue('orders', '{"n": 30}', max_attempts => 1) AS e1 \gset
+SELECT count(*) FROM lockext.dequeue('orders', 1, '100 ms');
+SELECT pg_sleep(0.2);
+SELECT count(*) AS redelivered FROM lockext.dequeue('orders', 1);
+SELECT last_error, attempt FROM lockext.queue_orders_dead WHERE id = :e1;
+
+-- Scheduled jobs wait for run_at.
+SELECT lockext.enqueue('orders', '{"n": 40}', run_at => now() + interval '1 hour') AS s1 \gset
+SELECT scheduled FROM lockext.queue_stats;
+SELECT count(*) AS not_yet FROM lockext.dequeue('orders', 1);
+
+-- enqueue_batch keeps order within a key and returns ids in order.
+DELETE FROM lockext.queue_orders;
+SELECT array_agg(id ORDER BY id) = array_agg(id) AS ids_in_order
+  FROM lockext.enqueue_batch('orders', ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}']::jsonb[],
+                             ARRAY['b', 'b', 'c']) AS id;
+SELECT payload FROM lockext.dequeue('orders', 10) ORDER BY id;
+
+-- enqueue notifies the queue's channel once the transaction commits.
+SELECT dblink_connect('listener', format('host=%s port=%s dbname=%s user=%s',
+    split_part(current_setting('unix_socket_directories'), ',', 1),
+    current_setting('port'), current_database(), current_user));
+SELECT dblink_exec('listener', 'LISTEN ' || lockext.queue_channel('orders'));
+BEGIN;
+SELECT lockext.enqueue('orders', '{"n": 50}') > 0 AS enqueued;
+SELECT count(*) AS before_commit FROM dblink_get_notify('listener');
+COMMIT;
+SELECT pg_sleep(0.1);
+SELECT notify_name FROM dblink_get_notify('listener');
+SELECT dblink_disconnect('listener');
+
+SELECT lockext.drop_queue('orders');
+SELECT count(*) AS queues FROM lockext.queues;
+SELECT to_regclass('lockext.queue_orders') AS gone;
