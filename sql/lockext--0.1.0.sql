@@ -71,12 +71,26 @@ GRANT SELECT ON @extschema@.holders, @extschema@.waiters, @extschema@.stats TO P
 ---------------------------------------------------------------------------
 -- Partitioned job queues with per-key ordering.
 --
--- Each queue is a table hash-partitioned by key, plus a dead-letter table.
--- A job is free to run when it is ready (run_at has come) and no other job
--- with its key is running or was enqueued before it and is still in the
--- table (waiting, retrying or running). Completed jobs are deleted; dead jobs
--- move to the dead-letter table and stop blocking their key. Workers take
--- jobs with FOR UPDATE SKIP LOCKED, so they never wait on each other's rows.
+-- All queues share one jobs table, list-partitioned by queue; each queue's
+-- partition is hash-partitioned by key (create_queue makes them). Keeping
+-- one table lets every function use static SQL, so PL/pgSQL caches one
+-- generic plan per statement and partition pruning happens at run time:
+-- no planning per call.
+--
+-- Per-key order. Of the jobs of one key, only the earliest is 'ready' (or
+-- 'running'); the others are 'waiting'. The job_keys row counts the key's
+-- jobs and is the key's mutex: enqueue upserts it (+1) and makes its job
+-- ready only when it is the key's first; finishing a job (complete, or
+-- death) updates it (-1) and promotes the key's next waiting job. Both take
+-- the job_keys row lock, in key order when several keys are touched, so they
+-- serialise per key; under REPEATABLE READ a conflicting change raises a
+-- serialization failure instead of a silent misorder. Dequeue then needs no
+-- per-key check: it takes 'ready' jobs whose run_at has come with FOR UPDATE
+-- SKIP LOCKED, so it never waits on another worker's rows, and a stuck key
+-- (running, or retrying with backoff) costs the other keys nothing.
+--
+-- Completed jobs are deleted (no archive: the hot tables hold only live
+-- jobs); dead jobs move to dead_jobs and stop blocking their key.
 ---------------------------------------------------------------------------
 
 -- The registry of queues.
@@ -85,29 +99,79 @@ CREATE TABLE @extschema@.queues (
     partitions  int NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Live jobs of every queue (completed ones are deleted).
+CREATE TABLE @extschema@.jobs (
+    queue            text NOT NULL,
+    id               bigint NOT NULL,
+    key              text,
+    payload          jsonb NOT NULL,
+    state            text NOT NULL CHECK (state IN ('ready', 'waiting', 'running')),
+    priority         int NOT NULL DEFAULT 0,
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    attempt          int NOT NULL DEFAULT 0,
+    max_attempts     int NOT NULL,
+    token            bigint,
+    lease_expires_at timestamptz,
+    worker           text,
+    enqueued_at      timestamptz NOT NULL DEFAULT now(),
+    last_error       text
+) PARTITION BY LIST (queue);
+CREATE INDEX ON @extschema@.jobs (id);
+CREATE INDEX ON @extschema@.jobs (priority DESC, id) WHERE state = 'ready';
+CREATE INDEX ON @extschema@.jobs (key, id) WHERE key IS NOT NULL;
+CREATE INDEX ON @extschema@.jobs (lease_expires_at) WHERE state = 'running';
+
+-- One row per (queue, key) with live jobs: their count, and the key's mutex.
+-- Rows are updated on every keyed enqueue and finish: leave room for HOT
+-- updates, and vacuum after a fixed number of dead rows, not a fraction.
+CREATE TABLE @extschema@.job_keys (
+    queue text NOT NULL,
+    key   text NOT NULL,
+    jobs  bigint NOT NULL,
+    PRIMARY KEY (queue, key)
+) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_cost_delay = 0);
+
+-- Jobs that ran out of attempts, with their last error.
+CREATE TABLE @extschema@.dead_jobs (
+    queue        text NOT NULL,
+    id           bigint NOT NULL,
+    key          text,
+    payload      jsonb NOT NULL,
+    priority     int NOT NULL,
+    attempt      int NOT NULL,
+    max_attempts int NOT NULL,
+    last_error   text,
+    enqueued_at  timestamptz NOT NULL,
+    died_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, id)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.queues', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.dead_jobs', '');
 GRANT SELECT ON @extschema@.queues TO PUBLIC;
 
 -- Tokens for job leases: a sequence is never rolled back, so tokens only rise.
 CREATE SEQUENCE @extschema@.job_token_seq;
--- Job ids: one sequence for all queues, so ids are unique across them.
+-- Job ids, unique across queues.
 CREATE SEQUENCE @extschema@.job_id_seq;
-GRANT USAGE ON SEQUENCE @extschema@.job_token_seq, @extschema@.job_id_seq TO PUBLIC;
 
--- The jobs table of a queue, or an error with SQLSTATE 42704 if unknown.
-CREATE FUNCTION @extschema@._queue_table(queue text, suffix text DEFAULT '')
-RETURNS text LANGUAGE plpgsql STABLE AS $$
+-- Raise 42704 unless `queue` exists (22004 if NULL).
+CREATE FUNCTION @extschema@._require_queue(queue text)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF queue IS NULL THEN
         RAISE EXCEPTION 'queue name must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.queues q WHERE q.queue = _queue_table.queue) THEN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.queues q WHERE q.queue = _require_queue.queue) THEN
         RAISE EXCEPTION 'queue "%" does not exist', queue USING ERRCODE = '42704',
             HINT = 'Create it with lockext.create_queue().';
     END IF;
-    RETURN format('@extschema@.%I', 'queue_' || queue || suffix);
 END $$;
 
--- Raise 22023 unless `ok`.
+-- Raise 22023 with `message` unless `ok`.
 CREATE FUNCTION @extschema@._check(ok boolean, message text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -116,75 +180,47 @@ BEGIN
     END IF;
 END $$;
 
--- Create a queue whose jobs table has `partitions` hash partitions by key.
+-- Create a queue: a partition of jobs with `partitions` hash partitions by key.
 CREATE FUNCTION @extschema@.create_queue(queue text, partitions int DEFAULT 8)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    jobs text;
+    parent text;
 BEGIN
     IF queue IS NULL THEN
         RAISE EXCEPTION 'queue name must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM @extschema@._check(queue ~ '^[a-z][a-z0-9_]{0,39}$',
         format('invalid queue name "%s": use 1 to 40 lowercase letters, digits and _, starting with a letter', queue));
-    jobs := format('@extschema@.%I', 'queue_' || queue);
     PERFORM @extschema@._check(partitions >= 1 AND partitions <= 1024,
         format('partitions must be between 1 and 1024, not %s', coalesce(partitions::text, 'NULL')));
     IF EXISTS (SELECT 1 FROM @extschema@.queues q WHERE q.queue = create_queue.queue) THEN
         RAISE EXCEPTION 'queue "%" already exists', queue USING ERRCODE = '42710';
     END IF;
     INSERT INTO @extschema@.queues VALUES (queue, partitions);
-    EXECUTE format($f$
-        CREATE TABLE %s (
-            id               bigint NOT NULL,
-            key              text,
-            payload          jsonb NOT NULL,
-            state            text NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'running')),
-            priority         int NOT NULL DEFAULT 0,
-            run_at           timestamptz NOT NULL DEFAULT now(),
-            attempt          int NOT NULL DEFAULT 0,
-            max_attempts     int NOT NULL,
-            token            bigint,
-            lease_expires_at timestamptz,
-            worker           text,
-            enqueued_at      timestamptz NOT NULL DEFAULT now(),
-            last_error       text
-        ) PARTITION BY HASH (key)$f$, jobs);
+    parent := format('@extschema@.%I', 'queue_' || queue);
+    EXECUTE format('CREATE TABLE %s PARTITION OF @extschema@.jobs FOR VALUES IN (%L) PARTITION BY HASH (key)',
+                   parent, queue);
     FOR i IN 0 .. partitions - 1 LOOP
-        -- Jobs are updated twice in their life and then deleted: leave room
-        -- for HOT updates, and vacuum early rather than by table fraction.
+        -- Jobs are updated a few times, then deleted: leave room for HOT
+        -- updates, and vacuum after a fixed number of dead rows.
         EXECUTE format($f$
             CREATE TABLE %s PARTITION OF %s FOR VALUES WITH (MODULUS %s, REMAINDER %s)
             WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0,
                   autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0,
                   autovacuum_vacuum_insert_scale_factor = 0,
                   autovacuum_vacuum_insert_threshold = 10000)$f$,
-            format('@extschema@.%I', 'queue_' || queue || '_' || i), jobs, partitions, i);
+            format('@extschema@.%I', 'queue_' || queue || '_' || i), parent, partitions, i);
     END LOOP;
-    EXECUTE format('CREATE INDEX ON %s (id)', jobs);
-    EXECUTE format('CREATE INDEX ON %s (priority DESC, id) WHERE state = ''ready''', jobs);
-    EXECUTE format('CREATE INDEX ON %s (key, id) WHERE key IS NOT NULL', jobs);
-    EXECUTE format('CREATE INDEX ON %s (lease_expires_at) WHERE state = ''running''', jobs);
-    EXECUTE format($f$
-        CREATE TABLE %s (
-            id           bigint PRIMARY KEY,
-            key          text,
-            payload      jsonb NOT NULL,
-            priority     int NOT NULL,
-            attempt      int NOT NULL,
-            max_attempts int NOT NULL,
-            last_error   text,
-            enqueued_at  timestamptz NOT NULL,
-            died_at      timestamptz NOT NULL DEFAULT now()
-        )$f$, format('@extschema@.%I', 'queue_' || queue || '_dead'));
 END $$;
 
 -- Drop a queue and all its jobs, dead ones included.
 CREATE FUNCTION @extschema@.drop_queue(queue text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP TABLE %s, %s', @extschema@._queue_table(queue),
-                   @extschema@._queue_table(queue, '_dead'));
+    PERFORM @extschema@._require_queue(queue);
+    EXECUTE format('DROP TABLE @extschema@.%I', 'queue_' || queue);
+    DELETE FROM @extschema@.job_keys k WHERE k.queue = drop_queue.queue;
+    DELETE FROM @extschema@.dead_jobs d WHERE d.queue = drop_queue.queue;
     DELETE FROM @extschema@.queues q WHERE q.queue = drop_queue.queue;
 END $$;
 
@@ -192,32 +228,87 @@ END $$;
 CREATE FUNCTION @extschema@.queue_channel(queue text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'lockext_queue_' || queue $$;
 
+-- Insert jobs in array order (ids rise in that order); each key's first
+-- job is ready only if the key had none. Returns the ids.
+CREATE FUNCTION @extschema@._insert_jobs(p_queue text, p_payloads jsonb[], p_keys text[],
+                                         p_run_ats timestamptz[], p_priorities int[],
+                                         p_max_attempts int[])
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM @extschema@._require_queue(p_queue);
+    RETURN QUERY
+        WITH input AS (
+            SELECT i, p_payloads[i] AS payload, p_keys[i] AS key
+              FROM generate_subscripts(p_payloads, 1) AS i),
+        grouped AS (
+            SELECT g.key, count(*) AS n FROM input g WHERE g.key IS NOT NULL GROUP BY g.key),
+        counted AS (
+            -- Key rows are locked in key order, so concurrent batches cannot deadlock.
+            INSERT INTO @extschema@.job_keys AS k (queue, key, jobs)
+            SELECT p_queue, g.key, g.n FROM grouped g ORDER BY g.key
+            ON CONFLICT (queue, key) DO UPDATE SET jobs = k.jobs + excluded.jobs
+            RETURNING k.key, k.jobs),
+        ordered AS (
+            SELECT input.i, input.payload, input.key, c.jobs = g.n AS was_empty,
+                   row_number() OVER (PARTITION BY input.key ORDER BY input.i) AS nth
+              FROM input LEFT JOIN counted c ON c.key = input.key
+                         LEFT JOIN grouped g ON g.key = input.key
+             ORDER BY input.i)
+        INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
+        SELECT p_queue, nextval('@extschema@.job_id_seq'), o.key, o.payload,
+               CASE WHEN o.key IS NULL OR (o.was_empty AND o.nth = 1) THEN 'ready' ELSE 'waiting' END,
+               coalesce(p_run_ats[o.i], now()), coalesce(p_priorities[o.i], 0),
+               coalesce(p_max_attempts[o.i], 5)
+          FROM ordered o
+        RETURNING j.id;
+    PERFORM pg_notify(@extschema@.queue_channel(p_queue), '');
+END $$;
+
+-- Finished jobs of these keys (one entry per job) have left the jobs table:
+-- count them off, and make each key's next waiting job ready.
+CREATE FUNCTION @extschema@._finish_keys(p_queue text, p_keys text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_keys IS NULL OR cardinality(p_keys) = 0 THEN
+        RETURN;
+    END IF;
+    WITH done AS (
+        SELECT d.key, count(*) AS n FROM unnest(p_keys) AS d(key) WHERE d.key IS NOT NULL GROUP BY d.key),
+    locked AS (
+        SELECT k.key FROM @extschema@.job_keys k JOIN done d ON d.key = k.key
+         WHERE k.queue = p_queue ORDER BY k.key FOR UPDATE OF k)
+    UPDATE @extschema@.job_keys k SET jobs = k.jobs - d.n FROM done d, locked l
+     WHERE k.queue = p_queue AND k.key = d.key AND l.key = d.key;
+    DELETE FROM @extschema@.job_keys k WHERE k.queue = p_queue AND k.key = ANY (p_keys) AND k.jobs <= 0;
+    -- A key's ready or running job is always its earliest (enqueue gives a
+    -- key's jobs rising ids, in key-lock order), so the key's earliest job
+    -- being 'waiting' means nothing of the key is ready or running.
+    UPDATE @extschema@.jobs j SET state = 'ready'
+      FROM (SELECT DISTINCT d.key FROM unnest(p_keys) AS d(key)) k
+     CROSS JOIN LATERAL (SELECT w.id, w.state FROM @extschema@.jobs w
+                          WHERE w.queue = p_queue AND w.key = k.key
+                          ORDER BY w.id LIMIT 1) head
+     WHERE head.state = 'waiting' AND j.queue = p_queue AND j.id = head.id AND j.key = k.key
+       AND j.state = 'waiting';
+END $$;
+
 -- Enqueue one job; returns its id. NOTIFY fires at commit.
 CREATE FUNCTION @extschema@.enqueue(queue text, payload jsonb, key text DEFAULT NULL,
                                     run_at timestamptz DEFAULT now(), priority int DEFAULT 0,
                                     max_attempts int DEFAULT 5)
 RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    jobs text := @extschema@._queue_table(queue);
-    job_id bigint;
 BEGIN
     IF payload IS NULL THEN
         RAISE EXCEPTION 'payload must not be NULL' USING ERRCODE = '22004';
     END IF;
     PERFORM @extschema@._check(max_attempts >= 1, 'max_attempts must be at least 1');
-    EXECUTE format('INSERT INTO %s (id, key, payload, run_at, priority, max_attempts)
-                    VALUES (nextval(''@extschema@.job_id_seq''), $1, $2, coalesce($3, now()), coalesce($4, 0), $5)
-                    RETURNING id', jobs)
-        INTO job_id USING key, payload, run_at, priority, max_attempts;
-    PERFORM pg_notify(@extschema@.queue_channel(queue), '');
-    RETURN job_id;
+    RETURN (SELECT i.id FROM @extschema@._insert_jobs(queue, ARRAY[payload], ARRAY[key],
+                ARRAY[run_at], ARRAY[priority], ARRAY[max_attempts]) AS i(id));
 END $$;
 
 -- Enqueue many jobs in order; keys[i] goes with payloads[i]. Returns the ids.
 CREATE FUNCTION @extschema@.enqueue_batch(queue text, payloads jsonb[], keys text[] DEFAULT NULL)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
-DECLARE
-    jobs text := @extschema@._queue_table(queue);
 BEGIN
     IF payloads IS NULL THEN
         RAISE EXCEPTION 'payloads must not be NULL' USING ERRCODE = '22004';
@@ -228,13 +319,19 @@ BEGIN
         RAISE EXCEPTION 'payload % must not be NULL', array_position(payloads, NULL)
             USING ERRCODE = '22004';
     END IF;
-    RETURN QUERY EXECUTE format(
-        'INSERT INTO %s (id, key, payload, max_attempts)
-         SELECT nextval(''@extschema@.job_id_seq''), $2[i], $1[i], 5
-           FROM generate_subscripts($1, 1) AS i ORDER BY i
-         RETURNING id', jobs)
-        USING payloads, keys;
-    PERFORM pg_notify(@extschema@.queue_channel(queue), '');
+    RETURN QUERY SELECT i.id FROM @extschema@._insert_jobs(queue, payloads, keys, NULL, NULL, NULL) AS i(id);
+END $$;
+
+-- Move deleted jobs to dead_jobs and free their keys.
+CREATE FUNCTION @extschema@._bury(p_queue text, p_jobs @extschema@.jobs[], p_error text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO @extschema@.dead_jobs (queue, id, key, payload, priority, attempt, max_attempts,
+                                       last_error, enqueued_at)
+    SELECT p_queue, g.id, g.key, g.payload, g.priority, g.attempt, g.max_attempts,
+           coalesce(p_error, g.last_error, 'lease expired'), g.enqueued_at
+      FROM unnest(p_jobs) AS g;
+    PERFORM @extschema@._finish_keys(p_queue, ARRAY(SELECT g.key FROM unnest(p_jobs) AS g));
 END $$;
 
 -- Take up to `batch` jobs that are free to run, leased for `lease`.
@@ -243,87 +340,105 @@ CREATE FUNCTION @extschema@.dequeue(queue text, batch int DEFAULT 1,
 RETURNS TABLE(id bigint, key text, payload jsonb, attempt int, token bigint,
               enqueued_at timestamptz, lease_expires_at timestamptz)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-    jobs text := @extschema@._queue_table(queue);
-    dead text := @extschema@._queue_table(queue, '_dead');
-    taken int;
+    q text := dequeue.queue;
+    n int := dequeue.batch;
+    l interval := dequeue.lease;
+    w text := dequeue.worker;
+    taken int := 0;
+    dead @extschema@.jobs[];
 BEGIN
-    PERFORM @extschema@._check(batch >= 1, 'batch must be at least 1');
-    PERFORM @extschema@._check(lease > interval '0', 'lease must be positive');
-    -- Jobs whose lease ran out: out of attempts, they die; otherwise they
-    -- are handed out again (they are their key's head already).
-    EXECUTE format($f$
+    PERFORM @extschema@._require_queue(q);
+    PERFORM @extschema@._check(n >= 1, 'batch must be at least 1');
+    PERFORM @extschema@._check(l > interval '0', 'lease must be positive');
+    -- Jobs whose lease ran out. The check is one index probe when none did.
+    IF EXISTS (SELECT 1 FROM @extschema@.jobs e
+                WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()) THEN
+        -- Out of attempts: they die.
         WITH gone AS (
-            DELETE FROM %1$s j WHERE j.id IN (
-                SELECT e.id FROM %1$s e
-                 WHERE e.state = 'running' AND e.lease_expires_at <= now()
+            DELETE FROM @extschema@.jobs j WHERE j.queue = q AND j.id IN (
+                SELECT e.id FROM @extschema@.jobs e
+                 WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
                    AND e.attempt >= e.max_attempts
                  FOR UPDATE SKIP LOCKED)
             RETURNING j.*)
-        INSERT INTO %2$s (id, key, payload, priority, attempt, max_attempts, last_error, enqueued_at)
-        SELECT g.id, g.key, g.payload, g.priority, g.attempt, g.max_attempts,
-               coalesce(g.last_error, 'lease expired'), g.enqueued_at FROM gone g$f$, jobs, dead);
-    RETURN QUERY EXECUTE format($f$
-        WITH expired AS (
-            SELECT e.id FROM %1$s e
-             WHERE e.state = 'running' AND e.lease_expires_at <= now()
-             ORDER BY e.lease_expires_at
-             LIMIT $1 FOR UPDATE SKIP LOCKED)
-        UPDATE %1$s j
-           SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'),
-               lease_expires_at = clock_timestamp() + $2, worker = $3
-          FROM expired x WHERE j.id = x.id
-        RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at$f$, jobs)
-        USING batch, lease, worker;
-    GET DIAGNOSTICS taken = ROW_COUNT;
-    IF taken >= batch THEN
-        RETURN;
+        SELECT array_agg(g) INTO dead FROM gone g;
+        IF dead IS NOT NULL THEN
+            PERFORM @extschema@._bury(q, dead, NULL);
+        END IF;
+        -- The others are handed out again: each is still its key's head.
+        RETURN QUERY
+            WITH expired AS (
+                SELECT e.id FROM @extschema@.jobs e
+                 WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
+                 ORDER BY e.lease_expires_at
+                 LIMIT n FOR UPDATE SKIP LOCKED)
+            UPDATE @extschema@.jobs j
+               SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'),
+                   lease_expires_at = clock_timestamp() + l, worker = w
+              FROM expired x WHERE j.queue = q AND j.id = x.id
+            RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        IF taken >= n THEN
+            RETURN;
+        END IF;
     END IF;
-    RETURN QUERY EXECUTE format($f$
+    RETURN QUERY
         WITH free AS (
-            SELECT r.id FROM %1$s r
-             WHERE r.state = 'ready' AND r.run_at <= now()
-               AND (r.key IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM %1$s b
-                     WHERE b.key = r.key AND (b.id < r.id OR b.state = 'running')))
+            SELECT r.id FROM @extschema@.jobs r
+             WHERE r.queue = q AND r.state = 'ready' AND r.run_at <= now()
              ORDER BY r.priority DESC, r.id
-             LIMIT $1 FOR UPDATE SKIP LOCKED)
-        UPDATE %1$s j
+             LIMIT n - taken FOR UPDATE SKIP LOCKED)
+        UPDATE @extschema@.jobs j
            SET state = 'running', attempt = j.attempt + 1,
                token = nextval('@extschema@.job_token_seq'),
-               lease_expires_at = clock_timestamp() + $2, worker = $3
-          FROM free f WHERE j.id = f.id
-        RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at$f$, jobs)
-        USING batch - taken, lease, worker;
-END $$;
-
--- Finish a job; false when that token no longer holds it.
-CREATE FUNCTION @extschema@.complete(queue text, id bigint, token bigint)
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    n int;
-BEGIN
-    EXECUTE format('DELETE FROM %s WHERE id = $1 AND token = $2 AND state = ''running''',
-                   @extschema@._queue_table(queue))
-        USING id, token;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n > 0;
+               lease_expires_at = clock_timestamp() + l, worker = w
+          FROM free f WHERE j.queue = q AND j.id = f.id
+        RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
 END $$;
 
 -- Finish many jobs; ids[i] goes with tokens[i]. Returns how many were held.
 CREATE FUNCTION @extschema@.complete(queue text, ids bigint[], tokens bigint[])
 RETURNS integer LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
+    q text := complete.queue;
     n int;
+    finished text[];
 BEGIN
-    PERFORM @extschema@._check(cardinality(ids) = cardinality(tokens),
-        format('ids has %s elements but tokens has %s', cardinality(ids), cardinality(tokens)));
-    EXECUTE format('DELETE FROM %s j USING unnest($1, $2) AS d(id, token)
-                     WHERE j.id = d.id AND j.token = d.token AND j.state = ''running''',
-                   @extschema@._queue_table(queue))
-        USING ids, tokens;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM @extschema@._require_queue(q);
+    PERFORM @extschema@._check(cardinality(complete.ids) = cardinality(complete.tokens),
+        format('ids has %s elements but tokens has %s', cardinality(complete.ids),
+               cardinality(complete.tokens)));
+    WITH gone AS (
+        DELETE FROM @extschema@.jobs j USING unnest(complete.ids, complete.tokens) AS d(id, token)
+         WHERE j.queue = q AND j.id = d.id AND j.token = d.token AND j.state = 'running'
+        RETURNING j.key)
+    SELECT count(*), array_agg(g.key) FILTER (WHERE g.key IS NOT NULL) INTO n, finished FROM gone g;
+    PERFORM @extschema@._finish_keys(q, finished);
     RETURN n;
+END $$;
+
+-- Finish a job; false when that token no longer holds it.
+CREATE FUNCTION @extschema@.complete(queue text, id bigint, token bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    q text := complete.queue;
+    finished text;
+BEGIN
+    PERFORM @extschema@._require_queue(q);
+    DELETE FROM @extschema@.jobs j
+     WHERE j.queue = q AND j.id = complete.id AND j.token = complete.token AND j.state = 'running'
+    RETURNING j.key INTO finished;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF finished IS NOT NULL THEN
+        PERFORM @extschema@._finish_keys(q, ARRAY[finished]);
+    END IF;
+    RETURN true;
 END $$;
 
 -- Delay before retry `attempt`: exponential from 1 s, capped at 1 h, with
@@ -338,46 +453,44 @@ $$;
 CREATE FUNCTION @extschema@.fail(queue text, id bigint, token bigint, error text,
                                  retry_in interval DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-    jobs text := @extschema@._queue_table(queue);
-    dead text := @extschema@._queue_table(queue, '_dead');
-    outcome text;
+    q text := fail.queue;
+    gone @extschema@.jobs;
 BEGIN
-    PERFORM @extschema@._check(retry_in IS NULL OR retry_in >= interval '0',
+    PERFORM @extschema@._require_queue(q);
+    PERFORM @extschema@._check(fail.retry_in IS NULL OR fail.retry_in >= interval '0',
                                'retry_in must not be negative');
-    EXECUTE format($f$
-        WITH gone AS (
-            DELETE FROM %1$s j WHERE j.id = $1 AND j.token = $2 AND j.state = 'running'
-               AND j.attempt >= j.max_attempts
-            RETURNING j.*)
-        INSERT INTO %2$s (id, key, payload, priority, attempt, max_attempts, last_error, enqueued_at)
-        SELECT g.id, g.key, g.payload, g.priority, g.attempt, g.max_attempts, $3, g.enqueued_at
-          FROM gone g RETURNING 'dead'$f$, jobs, dead)
-        INTO outcome USING id, token, error;
-    IF outcome IS NOT NULL THEN
-        RETURN outcome;
+    DELETE FROM @extschema@.jobs j
+     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running'
+       AND j.attempt >= j.max_attempts
+    RETURNING j.* INTO gone;
+    IF FOUND THEN
+        PERFORM @extschema@._bury(q, ARRAY[gone], fail.error);
+        RETURN 'dead';
     END IF;
-    EXECUTE format($f$
-        UPDATE %s j SET state = 'ready', token = NULL, lease_expires_at = NULL, worker = NULL,
-                        last_error = $3,
-                        run_at = now() + coalesce($4, @extschema@.backoff(j.attempt))
-         WHERE j.id = $1 AND j.token = $2 AND j.state = 'running'
-        RETURNING 'retry'$f$, jobs)
-        INTO outcome USING id, token, error, retry_in;
-    RETURN outcome;
+    -- A retried job stays its key's head, so the jobs behind it keep waiting.
+    UPDATE @extschema@.jobs j
+       SET state = 'ready', token = NULL, lease_expires_at = NULL, worker = NULL,
+           last_error = fail.error,
+           run_at = now() + coalesce(fail.retry_in, @extschema@.backoff(j.attempt))
+     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running';
+    RETURN CASE WHEN FOUND THEN 'retry' END;
 END $$;
 
 -- Heartbeat: extend a running job's lease; NULL when the token is stale.
 CREATE FUNCTION @extschema@.extend(queue text, id bigint, token bigint, lease interval)
 RETURNS timestamptz LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
     expires timestamptz;
 BEGIN
-    PERFORM @extschema@._check(lease > interval '0', 'lease must be positive');
-    EXECUTE format('UPDATE %s j SET lease_expires_at = clock_timestamp() + $3
-                     WHERE j.id = $1 AND j.token = $2 AND j.state = ''running''
-                    RETURNING j.lease_expires_at', @extschema@._queue_table(queue))
-        INTO expires USING id, token, lease;
+    PERFORM @extschema@._require_queue(extend.queue);
+    PERFORM @extschema@._check(extend.lease > interval '0', 'lease must be positive');
+    UPDATE @extschema@.jobs j SET lease_expires_at = clock_timestamp() + extend.lease
+     WHERE j.queue = extend.queue AND j.id = extend.id AND j.token = extend.token
+       AND j.state = 'running'
+    RETURNING j.lease_expires_at INTO expires;
     RETURN expires;
 END $$;
 
@@ -385,48 +498,62 @@ END $$;
 -- the back of their key's line. Returns how many moved.
 CREATE FUNCTION @extschema@.redrive(queue text, ids bigint[] DEFAULT NULL)
 RETURNS integer LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-    n int;
+    q text := redrive.queue;
+    g record;
 BEGIN
-    EXECUTE format($f$
-        WITH gone AS (
-            DELETE FROM %2$s d WHERE $1 IS NULL OR d.id = ANY ($1) RETURNING d.*)
-        INSERT INTO %1$s (id, key, payload, priority, max_attempts)
-        SELECT nextval('@extschema@.job_id_seq'), g.key, g.payload, g.priority, g.max_attempts
-          FROM gone g ORDER BY g.id$f$,
-        @extschema@._queue_table(queue), @extschema@._queue_table(queue, '_dead'))
-        USING ids;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM pg_notify(@extschema@.queue_channel(queue), '');
+    PERFORM @extschema@._require_queue(q);
+    WITH gone AS (
+        DELETE FROM @extschema@.dead_jobs d
+         WHERE d.queue = q AND (redrive.ids IS NULL OR d.id = ANY (redrive.ids))
+        RETURNING d.*)
+    SELECT array_agg(x.payload ORDER BY x.id) AS payloads, array_agg(x.key ORDER BY x.id) AS keys,
+           array_agg(x.priority ORDER BY x.id) AS priorities,
+           array_agg(x.max_attempts ORDER BY x.id) AS max_attempts
+      INTO g FROM gone x;
+    IF g.payloads IS NULL THEN
+        RETURN 0;
     END IF;
-    RETURN n;
+    PERFORM @extschema@._insert_jobs(q, g.payloads, g.keys, NULL, g.priorities, g.max_attempts);
+    RETURN cardinality(g.payloads);
 END $$;
+
+-- Plans: one generic plan per statement, cached for the session, with
+-- partition pruning by queue at execution, so no call pays for planning.
+-- Queue tables churn faster than statistics follow (an empty table at the
+-- first call looks tiny forever), so the plans are told to use the indexes:
+-- every statement here is a point or range lookup on one of them.
+ALTER FUNCTION @extschema@._insert_jobs(text, jsonb[], text[], timestamptz[], int[], int[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@._finish_keys(text, text[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@._bury(text, @extschema@.jobs[], text)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.dequeue(text, int, interval, text)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.complete(text, bigint[], bigint[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.complete(text, bigint, bigint)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.fail(text, bigint, bigint, text, interval)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.extend(text, bigint, bigint, interval)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.redrive(text, bigint[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 
 -- One row per queue: jobs by state, and the age of the oldest ready job.
-CREATE FUNCTION @extschema@._queue_stats(
-    OUT queue text, OUT ready bigint, OUT scheduled bigint, OUT running bigint,
-    OUT retrying bigint, OUT dead bigint, OUT oldest_ready_age interval)
-RETURNS SETOF record LANGUAGE plpgsql AS $$
-DECLARE
-    q record;
-BEGIN
-    FOR q IN SELECT r.queue FROM @extschema@.queues r ORDER BY r.queue LOOP
-        queue := q.queue;
-        EXECUTE format($f$
-            SELECT count(*) FILTER (WHERE state = 'ready' AND run_at <= now()),
-                   count(*) FILTER (WHERE state = 'ready' AND run_at > now() AND attempt = 0),
-                   count(*) FILTER (WHERE state = 'running'),
-                   count(*) FILTER (WHERE state = 'ready' AND run_at > now() AND attempt > 0),
-                   (SELECT count(*) FROM %2$s),
-                   now() - min(enqueued_at) FILTER (WHERE state = 'ready' AND run_at <= now())
-              FROM %1$s$f$,
-            format('@extschema@.%I', 'queue_' || q.queue),
-            format('@extschema@.%I', 'queue_' || q.queue || '_dead'))
-            INTO ready, scheduled, running, retrying, dead, oldest_ready_age;
-        RETURN NEXT;
-    END LOOP;
-END $$;
-
-CREATE VIEW @extschema@.queue_stats AS SELECT * FROM @extschema@._queue_stats();
+-- 'ready' counts jobs that may run now, including those waiting behind an
+-- earlier job of their key.
+CREATE VIEW @extschema@.queue_stats AS
+SELECT q.queue,
+       count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at <= now()) AS ready,
+       count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt = 0) AS scheduled,
+       count(j.id) FILTER (WHERE j.state = 'running') AS running,
+       count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt > 0) AS retrying,
+       (SELECT count(*) FROM @extschema@.dead_jobs d WHERE d.queue = q.queue) AS dead,
+       now() - min(j.enqueued_at) FILTER (WHERE j.state <> 'running' AND j.run_at <= now()) AS oldest_ready_age
+  FROM @extschema@.queues q LEFT JOIN @extschema@.jobs j ON j.queue = q.queue
+ GROUP BY q.queue;
 GRANT SELECT ON @extschema@.queue_stats TO PUBLIC;

@@ -99,7 +99,7 @@ CREATE TEMP TABLE got2 AS SELECT * FROM lockext.dequeue('orders', 10);
 SELECT got2.payload, got2.attempt, got2.token > got.token AS new_token FROM got2, got;
 -- Out of attempts: the job dies, and stops blocking its key.
 SELECT lockext.fail('orders', id, token, 'boom again') FROM got2;
-SELECT id = :r1 AS same_job, attempt, max_attempts, last_error FROM lockext.queue_orders_dead;
+SELECT id = :r1 AS same_job, attempt, max_attempts, last_error FROM lockext.dead_jobs;
 SELECT dead FROM lockext.queue_stats;
 SELECT payload FROM lockext.dequeue('orders', 10) AS d;
 DROP TABLE got; DROP TABLE got2;
@@ -131,7 +131,7 @@ SELECT lockext.enqueue('orders', '{"n": 30}', max_attempts => 1) AS e1 \gset
 SELECT count(*) FROM lockext.dequeue('orders', 1, '100 ms');
 SELECT pg_sleep(0.2);
 SELECT count(*) AS redelivered FROM lockext.dequeue('orders', 1);
-SELECT last_error, attempt FROM lockext.queue_orders_dead WHERE id = :e1;
+SELECT last_error, attempt FROM lockext.dead_jobs WHERE id = :e1;
 
 -- Scheduled jobs wait for run_at.
 SELECT lockext.enqueue('orders', '{"n": 40}', run_at => now() + interval '1 hour') AS s1 \gset
@@ -157,6 +157,56 @@ COMMIT;
 SELECT pg_sleep(0.1);
 SELECT notify_name FROM dblink_get_notify('listener');
 SELECT dblink_disconnect('listener');
+
+-- No head-of-line blocking: with one key stuck (its head running, or
+-- retrying with backoff) and thousands of jobs queued behind it, the other
+-- keys drain as fast as with no stuck key at all.
+CREATE TABLE drains (label text, seconds float8);
+-- Dequeue and complete `n` jobs, one transaction each as a worker would,
+-- and record how long it took.
+CREATE PROCEDURE drain(label text, n int) LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    j record;
+BEGIN
+    FOR i IN 1..n LOOP
+        SELECT * INTO j FROM lockext.dequeue('orders', 1);
+        IF j.id IS NULL OR j.key = 'stuck' THEN
+            RAISE EXCEPTION 'drain %: got %', i, j;
+        END IF;
+        PERFORM lockext.complete('orders', j.id, j.token);
+        COMMIT;
+    END LOOP;
+    INSERT INTO drains VALUES (label, extract(epoch FROM clock_timestamp() - t0));
+END $$;
+DELETE FROM lockext.queue_orders; DELETE FROM lockext.job_keys;
+SELECT count(*) FROM lockext.enqueue_batch('orders',
+    array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
+-- Same table state for every run: dead rows of the last run vacuumed.
+VACUUM lockext.jobs;
+CALL drain('baseline', 1500);
+-- A stuck key: its head is running (never completed), 5,000 jobs behind it.
+SELECT count(*) FROM lockext.enqueue_batch('orders',
+    array_fill('{}'::jsonb, ARRAY[5000]), array_fill('stuck'::text, ARRAY[5000]));
+SELECT count(*) AS stuck_head_taken FROM lockext.dequeue('orders', 1, '1 hour');
+SELECT count(*) FROM lockext.enqueue_batch('orders',
+    array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
+VACUUM lockext.jobs;
+CALL drain('running', 1500);
+-- The same key stuck retrying with backoff.
+SELECT lockext.fail('orders', id, token, 'slow down', '1 hour') FROM lockext.queue_orders WHERE state = 'running';
+SELECT count(*) FROM lockext.enqueue_batch('orders',
+    array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
+VACUUM lockext.jobs;
+CALL drain('retrying', 1500);
+SELECT r.seconds < 2 * b.seconds AS running_key_costs_others_nothing,
+       t.seconds < 2 * b.seconds AS retrying_key_costs_others_nothing
+  FROM drains b, drains r, drains t
+ WHERE b.label = 'baseline' AND r.label = 'running' AND t.label = 'retrying';
+SELECT count(*) AS stuck_jobs_untouched FROM lockext.queue_orders WHERE key = 'stuck';
+SELECT key, jobs FROM lockext.job_keys;
+DELETE FROM lockext.queue_orders; DELETE FROM lockext.job_keys;
+DROP TABLE drains;
 
 SELECT lockext.drop_queue('orders');
 SELECT count(*) AS queues FROM lockext.queues;
