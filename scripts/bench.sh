@@ -144,18 +144,6 @@ run_handoff() {
     fi
 }
 
-# a/b formatted as a ratio with one or two decimals.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'
-}
-
-# "met" or "missed" for value $1 compared with target $3 using operator $2 (ge|le).
-verdict() {
-    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
-        ok = (op == "ge") ? (v >= t) : (v <= t)
-        printf "%s", ok ? "met" : "MISSED" }'
-}
-
 # Print the Markdown report on stdout.
 report() {
     local clients la lt l a t

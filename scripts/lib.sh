@@ -75,3 +75,15 @@ stop_server() {
     rm -rf "$LOCKEXT_SERVER_DIR"
     LOCKEXT_SERVER_DIR=
 }
+
+# a/b formatted as a ratio with two decimals (for benchmark reports).
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'
+}
+
+# "met" or "MISSED" for value $1 compared with target $3 using operator $2 (ge|le).
+verdict() {
+    awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {
+        ok = (op == "ge") ? (v >= t) : (v <= t)
+        printf "%s", ok ? "met" : "MISSED" }'
+}

@@ -504,24 +504,38 @@ bool LockTable::is_waiting(std::int32_t waiter) const noexcept {
     return waiters()[waiter].state != WaitState::idle;
 }
 
+// The live holder of `key` with `token` that the caller may act on, or -1
+// with r->outcome saying why not; *entry is the name's entry (or -1).
+std::int32_t LockTable::held_by(const Key &key, std::int64_t token, Timestamp now,
+                                std::uint32_t caller_role, bool privileged, std::int32_t *entry,
+                                Result *r) const noexcept {
+    r->outcome = Outcome::not_held;
+    *entry = find_entry(key, hash_key(key));
+    if (*entry < 0)
+        return -1;
+    const std::int32_t h = find_holder(*entry, token);
+    if (h < 0 || !live(holders()[h], now))
+        return -1;
+    if (!privileged && holders()[h].req.roleid != caller_role) {
+        r->outcome = Outcome::not_permitted;
+        r->holder_role = holders()[h].req.roleid;
+        return -1;
+    }
+    r->outcome = Outcome::granted;
+    r->token = token;
+    return h;
+}
+
 // Extend a live lease; ttl_us < 0 keeps the granted TTL.
 Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
                         std::uint32_t caller_role, bool privileged, WakeFn wake,
                         void *ctx) noexcept {
     Result r{};
-    r.outcome = Outcome::not_held;
-    const std::int32_t e = find_entry(key, hash_key(key));
-    if (e < 0)
-        return r;
-    const std::int32_t h = find_holder(e, token);
-    if (h < 0 || !live(holders()[h], now))
+    std::int32_t e;
+    const std::int32_t h = held_by(key, token, now, caller_role, privileged, &e, &r);
+    if (h < 0)
         return r;
     Holder &ho = holders()[h];
-    if (!privileged && ho.req.roleid != caller_role) {
-        r.outcome = Outcome::not_permitted;
-        r.holder_role = ho.req.roleid;
-        return r;
-    }
     if (ttl_us >= 0)
         ho.req.ttl_us = ttl_us;
     ho.expires_at = expiry(now, ho.req.ttl_us);
@@ -530,8 +544,6 @@ Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
     // A shorter lease may now expire before the head planned to look again.
     if (entries()[e].queue_head >= 0)
         wake(entries()[e].queue_head, ctx);
-    r.outcome = Outcome::granted;
-    r.token = token;
     r.expires_at = ho.expires_at;
     return r;
 }
@@ -541,30 +553,18 @@ Result LockTable::release(const Key &key, std::int64_t token, Timestamp now,
                           std::uint32_t caller_role, bool privileged, WakeFn wake,
                           void *ctx) noexcept {
     Result r{};
-    r.outcome = Outcome::not_held;
-    const std::int32_t e = find_entry(key, hash_key(key));
-    if (e < 0)
+    std::int32_t e;
+    const std::int32_t h = held_by(key, token, now, caller_role, privileged, &e, &r);
+    if (h >= 0) {
+        unlink_holder(h);
+        stats_.released++;
+    } else if (e < 0 || r.outcome != Outcome::not_held) {
         return r;
-    const std::int32_t h = find_holder(e, token);
-    if (h < 0)
-        return r;
-    if (!live(holders()[h], now)) {
-        reap_entry(e, now);
-        grant_waiters(e, now, wake, ctx);
-        free_entry_if_unused(e);
-        return r;
+    } else {
+        reap_entry(e, now);  // the token may have expired: free it now
     }
-    if (!privileged && holders()[h].req.roleid != caller_role) {
-        r.outcome = Outcome::not_permitted;
-        r.holder_role = holders()[h].req.roleid;
-        return r;
-    }
-    unlink_holder(h);
-    stats_.released++;
     grant_waiters(e, now, wake, ctx);
     free_entry_if_unused(e);
-    r.outcome = Outcome::granted;
-    r.token = token;
     return r;
 }
 

@@ -229,6 +229,9 @@ class LockTable {
     void enqueue(std::int32_t e, std::int32_t w) noexcept;
     void dequeue(std::int32_t w) noexcept;
     std::int32_t find_holder(std::int32_t e, std::int64_t token) const noexcept;
+    std::int32_t held_by(const Key &key, std::int64_t token, Timestamp now,
+                         std::uint32_t caller_role, bool privileged, std::int32_t *entry,
+                         Result *r) const noexcept;
     Timestamp next_expiry(const Entry &entry, Timestamp now) const noexcept;
 
     std::int32_t capacity_;
