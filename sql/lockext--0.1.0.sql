@@ -292,18 +292,36 @@ BEGIN
        AND j.state = 'waiting';
 END $$;
 
--- Enqueue one job; returns its id. NOTIFY fires at commit.
+-- Enqueue one job; returns its id. NOTIFY fires at commit. (The same rules
+-- as _insert_jobs, in two plain statements: this is the hot path.)
 CREATE FUNCTION @extschema@.enqueue(queue text, payload jsonb, key text DEFAULT NULL,
                                     run_at timestamptz DEFAULT now(), priority int DEFAULT 0,
                                     max_attempts int DEFAULT 5)
 RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    q text := enqueue.queue;
+    k text := enqueue.key;
+    jobs_of_key bigint := 1;
+    job_id bigint;
 BEGIN
-    IF payload IS NULL THEN
+    PERFORM @extschema@._require_queue(q);
+    IF enqueue.payload IS NULL THEN
         RAISE EXCEPTION 'payload must not be NULL' USING ERRCODE = '22004';
     END IF;
-    PERFORM @extschema@._check(max_attempts >= 1, 'max_attempts must be at least 1');
-    RETURN (SELECT i.id FROM @extschema@._insert_jobs(queue, ARRAY[payload], ARRAY[key],
-                ARRAY[run_at], ARRAY[priority], ARRAY[max_attempts]) AS i(id));
+    PERFORM @extschema@._check(enqueue.max_attempts >= 1, 'max_attempts must be at least 1');
+    IF k IS NOT NULL THEN
+        INSERT INTO @extschema@.job_keys AS jk (queue, key, jobs) VALUES (q, k, 1)
+        ON CONFLICT (queue, key) DO UPDATE SET jobs = jk.jobs + 1
+        RETURNING jk.jobs INTO jobs_of_key;
+    END IF;
+    INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
+    VALUES (q, nextval('@extschema@.job_id_seq'), k, enqueue.payload,
+            CASE WHEN jobs_of_key = 1 THEN 'ready' ELSE 'waiting' END,
+            coalesce(enqueue.run_at, now()), coalesce(enqueue.priority, 0), enqueue.max_attempts)
+    RETURNING j.id INTO job_id;
+    PERFORM pg_notify(@extschema@.queue_channel(q), '');
+    RETURN job_id;
 END $$;
 
 -- Enqueue many jobs in order; keys[i] goes with payloads[i]. Returns the ids.
@@ -420,23 +438,38 @@ BEGIN
     RETURN n;
 END $$;
 
--- Finish a job; false when that token no longer holds it.
+-- Finish a job; false when that token no longer holds it. (The same rules
+-- as _finish_keys for one key; every statement names the key, so only that
+-- key's partition is touched: this is the hot path.)
 CREATE FUNCTION @extschema@.complete(queue text, id bigint, token bigint)
 RETURNS boolean LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     q text := complete.queue;
-    finished text;
+    k text;
+    left_of_key bigint;
 BEGIN
     PERFORM @extschema@._require_queue(q);
     DELETE FROM @extschema@.jobs j
      WHERE j.queue = q AND j.id = complete.id AND j.token = complete.token AND j.state = 'running'
-    RETURNING j.key INTO finished;
+    RETURNING j.key INTO k;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF finished IS NOT NULL THEN
-        PERFORM @extschema@._finish_keys(q, ARRAY[finished]);
+    IF k IS NULL THEN
+        RETURN true;
+    END IF;
+    UPDATE @extschema@.job_keys jk SET jobs = jk.jobs - 1
+     WHERE jk.queue = q AND jk.key = k
+    RETURNING jk.jobs INTO left_of_key;
+    IF left_of_key <= 0 THEN
+        DELETE FROM @extschema@.job_keys jk WHERE jk.queue = q AND jk.key = k AND jk.jobs <= 0;
+    ELSE
+        -- The key's earliest job is next (see _finish_keys).
+        UPDATE @extschema@.jobs j SET state = 'ready'
+         WHERE j.queue = q AND j.key = k AND j.state = 'waiting'
+           AND j.id = (SELECT w.id FROM @extschema@.jobs w
+                        WHERE w.queue = q AND w.key = k ORDER BY w.id LIMIT 1);
     END IF;
     RETURN true;
 END $$;
@@ -533,6 +566,8 @@ ALTER FUNCTION @extschema@._bury(text, @extschema@.jobs[], text)
 ALTER FUNCTION @extschema@.dequeue(text, int, interval, text)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION @extschema@.complete(text, bigint[], bigint[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION @extschema@.enqueue(text, jsonb, text, timestamptz, int, int)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION @extschema@.complete(text, bigint, bigint)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
