@@ -77,15 +77,17 @@ GRANT SELECT ON @extschema@.holders, @extschema@.waiters, @extschema@.stats TO P
 -- generic plan per statement and partition pruning happens at run time:
 -- no planning per call.
 --
--- Per-key order. Of the jobs of one key, only the earliest is 'ready' (or
--- 'running'); the others are 'waiting'. The job_keys row counts the key's
+-- Per-key order. Of the jobs of one key, only the earliest is 'ready',
+-- 'delayed' (its run_at, or its retry, has not come) or 'running'; the
+-- others are 'waiting'. The job_keys row counts the key's
 -- jobs and is the key's mutex: enqueue upserts it (+1) and makes its job
 -- ready only when it is the key's first; finishing a job (complete, or
 -- death) updates it (-1) and promotes the key's next waiting job. Both take
 -- the job_keys row lock, in key order when several keys are touched, so they
 -- serialise per key; under REPEATABLE READ a conflicting change raises a
 -- serialization failure instead of a silent misorder. Dequeue then needs no
--- per-key check: it takes 'ready' jobs whose run_at has come with FOR UPDATE
+-- per-key check: it makes due 'delayed' jobs 'ready', and takes 'ready' jobs
+-- with FOR UPDATE
 -- SKIP LOCKED, so it never waits on another worker's rows, and a stuck key
 -- (running, or retrying with backoff) costs the other keys nothing.
 --
@@ -106,7 +108,7 @@ CREATE TABLE @extschema@.jobs (
     id               bigint NOT NULL,
     key              text,
     payload          jsonb NOT NULL,
-    state            text NOT NULL CHECK (state IN ('ready', 'waiting', 'running')),
+    state            text NOT NULL CHECK (state IN ('ready', 'delayed', 'waiting', 'running')),
     priority         int NOT NULL DEFAULT 0,
     run_at           timestamptz NOT NULL DEFAULT now(),
     attempt          int NOT NULL DEFAULT 0,
@@ -121,6 +123,9 @@ CREATE INDEX ON @extschema@.jobs (id);
 CREATE INDEX ON @extschema@.jobs (priority DESC, id) WHERE state = 'ready';
 CREATE INDEX ON @extschema@.jobs (key, id) WHERE key IS NOT NULL;
 CREATE INDEX ON @extschema@.jobs (lease_expires_at) WHERE state = 'running';
+-- Jobs that may not run yet stay out of the ready index, so any number of
+-- keys in retry backoff cost dequeue nothing.
+CREATE INDEX ON @extschema@.jobs (run_at) WHERE state = 'delayed';
 
 -- One row per (queue, key) with live jobs: their count, and the key's mutex.
 -- Rows are updated on every keyed enqueue and finish: leave room for HOT
@@ -157,6 +162,10 @@ GRANT SELECT ON @extschema@.queues TO PUBLIC;
 CREATE SEQUENCE @extschema@.job_token_seq;
 -- Job ids, unique across queues.
 CREATE SEQUENCE @extschema@.job_id_seq;
+-- A dump must carry both sequences: restarting them would reorder keys and
+-- repeat tokens.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_token_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_id_seq', '');
 
 -- Raise 42704 unless `queue` exists (22004 if NULL).
 CREATE FUNCTION @extschema@._require_queue(queue text)
@@ -209,7 +218,8 @@ BEGIN
                   autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0,
                   autovacuum_vacuum_insert_scale_factor = 0,
                   autovacuum_vacuum_insert_threshold = 10000)$f$,
-            format('@extschema@.%I', 'queue_' || queue || '_' || i), parent, partitions, i);
+            -- '$' cannot occur in a queue name, so no two queues' tables collide.
+            format('@extschema@.%I', 'queue_' || queue || '$' || i), parent, partitions, i);
     END LOOP;
 END $$;
 
@@ -255,8 +265,9 @@ BEGIN
                          LEFT JOIN grouped g ON g.key = input.key
              ORDER BY input.i)
         INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
-        SELECT p_queue, nextval('@extschema@.job_id_seq'), o.key, o.payload,
-               CASE WHEN o.key IS NULL OR (o.was_empty AND o.nth = 1) THEN 'ready' ELSE 'waiting' END,
+        SELECT p_queue, nextval('@extschema@.job_id_seq'::regclass), o.key, o.payload,
+               CASE WHEN NOT (o.key IS NULL OR (o.was_empty AND o.nth = 1)) THEN 'waiting'
+                    WHEN p_run_ats[o.i] > now() THEN 'delayed' ELSE 'ready' END,
                coalesce(p_run_ats[o.i], now()), coalesce(p_priorities[o.i], 0),
                coalesce(p_max_attempts[o.i], 5)
           FROM ordered o
@@ -276,20 +287,23 @@ BEGIN
         SELECT d.key, count(*) AS n FROM unnest(p_keys) AS d(key) WHERE d.key IS NOT NULL GROUP BY d.key),
     locked AS (
         SELECT k.key FROM @extschema@.job_keys k JOIN done d ON d.key = k.key
-         WHERE k.queue = p_queue ORDER BY k.key FOR UPDATE OF k)
+         WHERE k.queue = p_queue AND k.key = ANY (p_keys) ORDER BY k.key FOR UPDATE OF k)
     UPDATE @extschema@.job_keys k SET jobs = k.jobs - d.n FROM done d, locked l
-     WHERE k.queue = p_queue AND k.key = d.key AND l.key = d.key;
+     WHERE k.queue = p_queue AND k.key = ANY (p_keys) AND k.key = d.key AND l.key = d.key;
     DELETE FROM @extschema@.job_keys k WHERE k.queue = p_queue AND k.key = ANY (p_keys) AND k.jobs <= 0;
     -- A key's ready or running job is always its earliest (enqueue gives a
     -- key's jobs rising ids, in key-lock order), so the key's earliest job
     -- being 'waiting' means nothing of the key is ready or running.
-    UPDATE @extschema@.jobs j SET state = 'ready'
+    UPDATE @extschema@.jobs j SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END
       FROM (SELECT DISTINCT d.key FROM unnest(p_keys) AS d(key)) k
      CROSS JOIN LATERAL (SELECT w.id, w.state FROM @extschema@.jobs w
                           WHERE w.queue = p_queue AND w.key = k.key
                           ORDER BY w.id LIMIT 1) head
      WHERE head.state = 'waiting' AND j.queue = p_queue AND j.id = head.id AND j.key = k.key
        AND j.state = 'waiting';
+    IF FOUND THEN
+        PERFORM pg_notify(@extschema@.queue_channel(p_queue), '');
+    END IF;
 END $$;
 
 -- Enqueue one job; returns its id. NOTIFY fires at commit. (The same rules
@@ -316,8 +330,9 @@ BEGIN
         RETURNING jk.jobs INTO jobs_of_key;
     END IF;
     INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
-    VALUES (q, nextval('@extschema@.job_id_seq'), k, enqueue.payload,
-            CASE WHEN jobs_of_key = 1 THEN 'ready' ELSE 'waiting' END,
+    VALUES (q, nextval('@extschema@.job_id_seq'::regclass), k, enqueue.payload,
+            CASE WHEN jobs_of_key > 1 THEN 'waiting'
+                 WHEN enqueue.run_at > now() THEN 'delayed' ELSE 'ready' END,
             coalesce(enqueue.run_at, now()), coalesce(enqueue.priority, 0), enqueue.max_attempts)
     RETURNING j.id INTO job_id;
     PERFORM pg_notify(@extschema@.queue_channel(q), '');
@@ -370,6 +385,14 @@ BEGIN
     PERFORM @extschema@._require_queue(q);
     PERFORM @extschema@._check(n >= 1, 'batch must be at least 1');
     PERFORM @extschema@._check(l > interval '0', 'lease must be positive');
+    -- Delayed jobs whose time has come become ready (one index probe each
+    -- partition when none has).
+    UPDATE @extschema@.jobs j SET state = 'ready'
+     WHERE j.queue = q AND j.id = ANY (ARRAY(
+            SELECT d.id FROM @extschema@.jobs d
+             WHERE d.queue = q AND d.state = 'delayed' AND d.run_at <= now()
+             ORDER BY d.run_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
+       AND j.state = 'delayed';
     -- Jobs whose lease ran out. The check is one index probe when none did.
     IF EXISTS (SELECT 1 FROM @extschema@.jobs e
                 WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()) THEN
@@ -383,19 +406,20 @@ BEGIN
             RETURNING j.*)
         SELECT array_agg(g) INTO dead FROM gone g;
         IF dead IS NOT NULL THEN
-            PERFORM @extschema@._bury(q, dead, NULL);
+            PERFORM @extschema@._bury(q, dead, 'lease expired');
         END IF;
         -- The others are handed out again: each is still its key's head.
         RETURN QUERY
             WITH expired AS (
                 SELECT e.id FROM @extschema@.jobs e
                  WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
+                   AND e.attempt < e.max_attempts  -- a skipped last attempt dies next time
                  ORDER BY e.lease_expires_at
                  LIMIT n FOR UPDATE SKIP LOCKED)
             UPDATE @extschema@.jobs j
-               SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'),
+               SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'::regclass),
                    lease_expires_at = clock_timestamp() + l, worker = w
-              FROM expired x WHERE j.queue = q AND j.id = x.id
+             WHERE j.queue = q AND j.id = ANY (ARRAY(SELECT x.id FROM expired x))
             RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
         GET DIAGNOSTICS taken = ROW_COUNT;
         IF taken >= n THEN
@@ -410,9 +434,9 @@ BEGIN
              LIMIT n - taken FOR UPDATE SKIP LOCKED)
         UPDATE @extschema@.jobs j
            SET state = 'running', attempt = j.attempt + 1,
-               token = nextval('@extschema@.job_token_seq'),
+               token = nextval('@extschema@.job_token_seq'::regclass),
                lease_expires_at = clock_timestamp() + l, worker = w
-          FROM free f WHERE j.queue = q AND j.id = f.id
+         WHERE j.queue = q AND j.id = ANY (ARRAY(SELECT f.id FROM free f))
         RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
 END $$;
 
@@ -429,9 +453,14 @@ BEGIN
     PERFORM @extschema@._check(cardinality(complete.ids) = cardinality(complete.tokens),
         format('ids has %s elements but tokens has %s', cardinality(complete.ids),
                cardinality(complete.tokens)));
+    -- Lock in id order first: two calls with the same jobs in another order
+    -- must not deadlock.
+    PERFORM 1 FROM @extschema@.jobs j
+     WHERE j.queue = q AND j.id = ANY (complete.ids) ORDER BY j.id FOR UPDATE;
     WITH gone AS (
-        DELETE FROM @extschema@.jobs j USING unnest(complete.ids, complete.tokens) AS d(id, token)
-         WHERE j.queue = q AND j.id = d.id AND j.token = d.token AND j.state = 'running'
+        DELETE FROM @extschema@.jobs j
+         WHERE j.queue = q AND j.id = ANY (complete.ids) AND j.state = 'running'
+           AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest(complete.ids, complete.tokens) AS d(id, token))
         RETURNING j.key)
     SELECT count(*), array_agg(g.key) FILTER (WHERE g.key IS NOT NULL) INTO n, finished FROM gone g;
     PERFORM @extschema@._finish_keys(q, finished);
@@ -466,10 +495,14 @@ BEGIN
         DELETE FROM @extschema@.job_keys jk WHERE jk.queue = q AND jk.key = k AND jk.jobs <= 0;
     ELSE
         -- The key's earliest job is next (see _finish_keys).
-        UPDATE @extschema@.jobs j SET state = 'ready'
+        UPDATE @extschema@.jobs j
+           SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END
          WHERE j.queue = q AND j.key = k AND j.state = 'waiting'
            AND j.id = (SELECT w.id FROM @extschema@.jobs w
                         WHERE w.queue = q AND w.key = k ORDER BY w.id LIMIT 1);
+        IF FOUND THEN
+            PERFORM pg_notify(@extschema@.queue_channel(q), '');
+        END IF;
     END IF;
     RETURN true;
 END $$;
@@ -502,9 +535,10 @@ BEGIN
         PERFORM @extschema@._bury(q, ARRAY[gone], fail.error);
         RETURN 'dead';
     END IF;
-    -- A retried job stays its key's head, so the jobs behind it keep waiting.
+    -- A retried job stays its key's head, so the jobs behind it keep waiting;
+    -- dequeue makes it ready once its run_at has come.
     UPDATE @extschema@.jobs j
-       SET state = 'ready', token = NULL, lease_expires_at = NULL, worker = NULL,
+       SET state = 'delayed', token = NULL, lease_expires_at = NULL, worker = NULL,
            last_error = fail.error,
            run_at = now() + coalesce(fail.retry_in, @extschema@.backoff(j.attempt))
      WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running';
@@ -558,25 +592,44 @@ END $$;
 -- first call looks tiny forever), so the plans are told to use the indexes:
 -- every statement here is a point or range lookup on one of them.
 ALTER FUNCTION @extschema@._insert_jobs(text, jsonb[], text[], timestamptz[], int[], int[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@._finish_keys(text, text[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@._bury(text, @extschema@.jobs[], text)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.dequeue(text, int, interval, text)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.complete(text, bigint[], bigint[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.enqueue(text, jsonb, text, timestamptz, int, int)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.complete(text, bigint, bigint)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.fail(text, bigint, bigint, text, interval)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.extend(text, bigint, bigint, interval)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.redrive(text, bigint[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
+
+-- The rest: only a fixed search_path, so no caller's schema can shadow a
+-- built-in these functions call.
+ALTER FUNCTION @extschema@._require_queue(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@._check(boolean, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@.create_queue(text, int) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@.drop_queue(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@.enqueue_batch(text, jsonb[], text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@.backoff(int) SET search_path = pg_catalog, pg_temp;
 
 -- One row per queue: jobs by state, and the age of the oldest ready job.
 -- 'ready' counts jobs that may run now, including those waiting behind an

@@ -21,6 +21,9 @@ SELECT c.relname, c.reloptions FROM pg_class c
   JOIN pg_inherits i ON i.inhrelid = c.oid
  WHERE i.inhparent = 'lockext.queue_orders'::regclass ORDER BY c.relname LIMIT 1;
 SELECT qtry($$SELECT lockext.create_queue('orders')$$);
+-- Names that extend another queue's name do not collide with its tables.
+SELECT lockext.create_queue('orders_1', 2);
+SELECT lockext.drop_queue('orders_1');
 SELECT qtry($$SELECT lockext.create_queue('bad', 0)$$);
 SELECT qtry($$SELECT lockext.create_queue('bad', -3)$$);
 SELECT qtry($$SELECT lockext.create_queue('Bad Name')$$);
