@@ -206,15 +206,7 @@ main() {
     echo "== handoff latency (${BENCH_HANDOFF_ROUNDS} rounds per lock kind)"
     run_handoff
 
-    local md
-    md=$(report)
-    echo
-    printf '%s\n' "$md"
-    if [ -n "$BENCH_OUT" ]; then
-        printf '%s\n' "$md" >"$BENCH_OUT"
-        echo
-        echo "(report written to $BENCH_OUT)"
-    fi
+    publish_report "$(report)"
     stop_server
 }
 

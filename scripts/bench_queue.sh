@@ -442,15 +442,7 @@ main() {
         run_bloat
     fi
 
-    local md
-    md=$(report)
-    echo
-    printf '%s\n' "$md"
-    if [ -n "$BENCH_OUT" ]; then
-        printf '%s\n' "$md" >"$BENCH_OUT"
-        echo
-        echo "(report written to $BENCH_OUT)"
-    fi
+    publish_report "$(report)"
     stop_server
 }
 

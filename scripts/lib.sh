@@ -87,3 +87,12 @@ verdict() {
         ok = (op == "ge") ? (v >= t) : (v <= t)
         printf "%s", ok ? "met" : "MISSED" }'
 }
+
+# Print a Markdown report, and write it to $BENCH_OUT too when that is set.
+publish_report() {
+    printf '\n%s\n' "$1"
+    if [ -n "${BENCH_OUT:-}" ]; then
+        printf '%s\n' "$1" >"$BENCH_OUT"
+        printf '\n(report written to %s)\n' "$BENCH_OUT"
+    fi
+}
