@@ -50,11 +50,17 @@ struct Result {
     explicit Result(PGresult *r) : res(r) {}
     Result(const Result &) = delete;
     Result &operator=(const Result &) = delete;
-    ~Result() { PQclear(res); }
+    ~Result() {
+        PQclear(res);
+    }
     // Whether column 0 of row 0 is NULL.
-    bool null0() const { return PQgetisnull(res, 0, 0); }
+    bool null0() const {
+        return PQgetisnull(res, 0, 0);
+    }
     // Column 0 of row 0 as text.
-    std::string text0() const { return PQgetvalue(res, 0, 0); }
+    std::string text0() const {
+        return PQgetvalue(res, 0, 0);
+    }
 };
 
 // Open a connection from the environment and fail on error.

@@ -43,7 +43,9 @@ volatile sig_atomic_t g_stop = 0;
 int g_log_fd = -1;
 
 // Mark that the worker should stop at the top of its loop.
-void on_stop_signal(int) { g_stop = 1; }
+void on_stop_signal(int) {
+    g_stop = 1;
+}
 
 // Wall-clock time in microseconds since the epoch (comparable across processes).
 long long now_us() {
@@ -60,7 +62,8 @@ void log_line(const std::string &line) {
     while (left > 0) {
         ssize_t n = write(g_log_fd, p, left);
         if (n < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR)
+                continue;
             perror("queue_worker: write log");
             _exit(4);
         }
@@ -72,12 +75,15 @@ void log_line(const std::string &line) {
 // Log an error, close the connection and exit with status 3.
 [[noreturn]] void die(PGconn *conn, const std::string &what) {
     std::string msg = what;
-    if (conn) msg += ": " + std::string(PQerrorMessage(conn));
+    if (conn)
+        msg += ": " + std::string(PQerrorMessage(conn));
     for (char &c : msg)
-        if (c == '\n') c = ' ';
+        if (c == '\n')
+            c = ' ';
     log_line("error " + std::to_string(now_us()) + " " + msg);
     fprintf(stderr, "queue_worker: %s\n", msg.c_str());
-    if (conn) PQfinish(conn);
+    if (conn)
+        PQfinish(conn);
     exit(3);
 }
 
@@ -120,8 +126,9 @@ struct Job {
 // Run the dequeue / process / complete loop until signalled.
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: queue_worker QUEUE LOGFILE [--batch N] [--lease-ms MS] "
-                        "[--seed S] [--slow-pct P] [--overrun-pct P] [--idle-ms MS]\n");
+        fprintf(stderr,
+                "usage: queue_worker QUEUE LOGFILE [--batch N] [--lease-ms MS] "
+                "[--seed S] [--slow-pct P] [--overrun-pct P] [--idle-ms MS]\n");
         return 2;
     }
     std::string queue = argv[1];
@@ -129,8 +136,8 @@ int main(int argc, char **argv) {
     int batch = 5;
     long long lease_ms = 2000, idle_ms = 10;
     double slow_pct = 1.0, overrun_pct = 0.02;
-    unsigned long long seed = static_cast<unsigned long long>(getpid()) ^
-                              static_cast<unsigned long long>(now_us());
+    unsigned long long seed =
+        static_cast<unsigned long long>(getpid()) ^ static_cast<unsigned long long>(now_us());
     for (int i = 3; i < argc; i++) {
         std::string opt = argv[i];
         if (i + 1 >= argc) {
@@ -138,12 +145,18 @@ int main(int argc, char **argv) {
             return 2;
         }
         double v = parse_num(argv[++i], opt.c_str());
-        if (opt == "--batch") batch = static_cast<int>(v);
-        else if (opt == "--lease-ms") lease_ms = static_cast<long long>(v);
-        else if (opt == "--seed") seed = static_cast<unsigned long long>(v);
-        else if (opt == "--slow-pct") slow_pct = v;
-        else if (opt == "--overrun-pct") overrun_pct = v;
-        else if (opt == "--idle-ms") idle_ms = static_cast<long long>(v);
+        if (opt == "--batch")
+            batch = static_cast<int>(v);
+        else if (opt == "--lease-ms")
+            lease_ms = static_cast<long long>(v);
+        else if (opt == "--seed")
+            seed = static_cast<unsigned long long>(v);
+        else if (opt == "--slow-pct")
+            slow_pct = v;
+        else if (opt == "--overrun-pct")
+            overrun_pct = v;
+        else if (opt == "--idle-ms")
+            idle_ms = static_cast<long long>(v);
         else {
             fprintf(stderr, "queue_worker: unknown option %s\n", opt.c_str());
             return 2;
@@ -164,7 +177,8 @@ int main(int argc, char **argv) {
 
     log_line("start " + std::to_string(getpid()) + " " + std::to_string(now_us()));
     PGconn *conn = PQconnectdb("");
-    if (PQstatus(conn) != CONNECTION_OK) die(conn, "connect");
+    if (PQstatus(conn) != CONNECTION_OK)
+        die(conn, "connect");
 
     std::string worker_name = "w" + std::to_string(getpid());
     std::string lease = std::to_string(lease_ms) + " milliseconds";
@@ -213,9 +227,12 @@ int main(int argc, char **argv) {
         for (const Job &j : jobs) {
             // "Process" the job: mostly a few µs, sometimes longer, rarely past the lease.
             double p = pct(rng);
-            if (p < overrun_pct) sleep_us((lease_ms + 500) * 1000);
-            else if (p < overrun_pct + slow_pct) sleep_us(slow(rng));
-            else sleep_us(tiny(rng));
+            if (p < overrun_pct)
+                sleep_us((lease_ms + 500) * 1000);
+            else if (p < overrun_pct + slow_pct)
+                sleep_us(slow(rng));
+            else
+                sleep_us(tiny(rng));
 
             log_line("completing " + j.id + " " + j.key + " " + j.seq + " " + j.token + " " +
                      std::to_string(now_us()));
