@@ -265,7 +265,7 @@ BEGIN
                          LEFT JOIN grouped g ON g.key = input.key
              ORDER BY input.i)
         INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
-        SELECT p_queue, nextval('@extschema@.job_id_seq'::regclass), o.key, o.payload,
+        SELECT p_queue, @extschema@._job_id(p_queue, o.key), o.key, o.payload,
                CASE WHEN NOT (o.key IS NULL OR (o.was_empty AND o.nth = 1)) THEN 'waiting'
                     WHEN p_run_ats[o.i] > now() THEN 'delayed' ELSE 'ready' END,
                coalesce(p_run_ats[o.i], now()), coalesce(p_priorities[o.i], 0),
@@ -307,37 +307,20 @@ BEGIN
 END $$;
 
 -- Enqueue one job; returns its id. NOTIFY fires at commit. (The same rules
--- as _insert_jobs, in two plain statements: this is the hot path.)
+-- as _insert_jobs, in C: this is the hot path; see src/queue_ops.cpp.)
 CREATE FUNCTION @extschema@.enqueue(queue text, payload jsonb, key text DEFAULT NULL,
                                     run_at timestamptz DEFAULT now(), priority int DEFAULT 0,
                                     max_attempts int DEFAULT 5)
-RETURNS bigint LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    q text := enqueue.queue;
-    k text := enqueue.key;
-    jobs_of_key bigint := 1;
-    job_id bigint;
-BEGIN
-    PERFORM @extschema@._require_queue(q);
-    IF enqueue.payload IS NULL THEN
-        RAISE EXCEPTION 'payload must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    PERFORM @extschema@._check(enqueue.max_attempts >= 1, 'max_attempts must be at least 1');
-    IF k IS NOT NULL THEN
-        INSERT INTO @extschema@.job_keys AS jk (queue, key, jobs) VALUES (q, k, 1)
-        ON CONFLICT (queue, key) DO UPDATE SET jobs = jk.jobs + 1
-        RETURNING jk.jobs INTO jobs_of_key;
-    END IF;
-    INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
-    VALUES (q, nextval('@extschema@.job_id_seq'::regclass), k, enqueue.payload,
-            CASE WHEN jobs_of_key > 1 THEN 'waiting'
-                 WHEN enqueue.run_at > now() THEN 'delayed' ELSE 'ready' END,
-            coalesce(enqueue.run_at, now()), coalesce(enqueue.priority, 0), enqueue.max_attempts)
-    RETURNING j.id INTO job_id;
-    PERFORM pg_notify(@extschema@.queue_channel(q), '');
-    RETURN job_id;
-END $$;
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'lockext_enqueue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- A new job id for `key` in `queue`: nextval(job_id_seq) * 1024 plus the
+-- remainder of the key's hash partition, so the id names its partition.
+CREATE FUNCTION @extschema@._job_id(queue text, key text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'lockext_job_id'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Enqueue many jobs in order; keys[i] goes with payloads[i]. Returns the ids.
 CREATE FUNCTION @extschema@.enqueue_batch(queue text, payloads jsonb[], keys text[] DEFAULT NULL)
@@ -367,145 +350,78 @@ BEGIN
     PERFORM @extschema@._finish_keys(p_queue, ARRAY(SELECT g.key FROM unnest(p_jobs) AS g));
 END $$;
 
--- Take up to `batch` jobs that are free to run, leased for `lease`.
-CREATE FUNCTION @extschema@.dequeue(queue text, batch int DEFAULT 1,
-                                    lease interval DEFAULT '30 seconds', worker text DEFAULT NULL)
-RETURNS TABLE(id bigint, key text, payload jsonb, attempt int, token bigint,
-              enqueued_at timestamptz, lease_expires_at timestamptz)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    q text := dequeue.queue;
-    n int := dequeue.batch;
-    l interval := dequeue.lease;
-    w text := dequeue.worker;
-    taken int := 0;
-    dead @extschema@.jobs[];
+-- Delayed jobs whose time has come become ready (dequeue's rare path).
+CREATE FUNCTION @extschema@._promote_delayed(q text)
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM @extschema@._require_queue(q);
-    PERFORM @extschema@._check(n >= 1, 'batch must be at least 1');
-    PERFORM @extschema@._check(l > interval '0', 'lease must be positive');
-    -- Delayed jobs whose time has come become ready (one index probe each
-    -- partition when none has).
     UPDATE @extschema@.jobs j SET state = 'ready'
      WHERE j.queue = q AND j.id = ANY (ARRAY(
             SELECT d.id FROM @extschema@.jobs d
              WHERE d.queue = q AND d.state = 'delayed' AND d.run_at <= now()
              ORDER BY d.run_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
        AND j.state = 'delayed';
-    -- Jobs whose lease ran out. The check is one index probe when none did.
-    IF EXISTS (SELECT 1 FROM @extschema@.jobs e
-                WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()) THEN
-        -- Out of attempts: they die.
-        WITH gone AS (
-            DELETE FROM @extschema@.jobs j WHERE j.queue = q AND j.id IN (
-                SELECT e.id FROM @extschema@.jobs e
-                 WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
-                   AND e.attempt >= e.max_attempts
-                 FOR UPDATE SKIP LOCKED)
-            RETURNING j.*)
-        SELECT array_agg(g) INTO dead FROM gone g;
-        IF dead IS NOT NULL THEN
-            PERFORM @extschema@._bury(q, dead, 'lease expired');
-        END IF;
-        -- The others are handed out again: each is still its key's head.
-        RETURN QUERY
-            WITH expired AS (
-                SELECT e.id FROM @extschema@.jobs e
-                 WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
-                   AND e.attempt < e.max_attempts  -- a skipped last attempt dies next time
-                 ORDER BY e.lease_expires_at
-                 LIMIT n FOR UPDATE SKIP LOCKED)
-            UPDATE @extschema@.jobs j
-               SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'::regclass),
-                   lease_expires_at = clock_timestamp() + l, worker = w
-             WHERE j.queue = q AND j.id = ANY (ARRAY(SELECT x.id FROM expired x))
-            RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
-        GET DIAGNOSTICS taken = ROW_COUNT;
-        IF taken >= n THEN
-            RETURN;
-        END IF;
+END $$;
+
+-- Jobs whose lease ran out (dequeue's rare path): those out of attempts die,
+-- up to n others are leased again and returned.
+CREATE FUNCTION @extschema@._dequeue_expired(q text, n int, l interval, w text)
+RETURNS TABLE(id bigint, key text, payload jsonb, attempt int, token bigint,
+              enqueued_at timestamptz, lease_expires_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    dead @extschema@.jobs[];
+BEGIN
+    WITH gone AS (
+        DELETE FROM @extschema@.jobs j WHERE j.queue = q AND j.id IN (
+            SELECT e.id FROM @extschema@.jobs e
+             WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
+               AND e.attempt >= e.max_attempts
+             FOR UPDATE SKIP LOCKED)
+        RETURNING j.*)
+    SELECT array_agg(g) INTO dead FROM gone g;
+    IF dead IS NOT NULL THEN
+        PERFORM @extschema@._bury(q, dead, 'lease expired');
     END IF;
+    -- The others are handed out again: each is still its key's head.
     RETURN QUERY
-        WITH free AS (
-            SELECT r.id FROM @extschema@.jobs r
-             WHERE r.queue = q AND r.state = 'ready' AND r.run_at <= now()
-             ORDER BY r.priority DESC, r.id
-             LIMIT n - taken FOR UPDATE SKIP LOCKED)
+        WITH expired AS (
+            SELECT e.id FROM @extschema@.jobs e
+             WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
+               AND e.attempt < e.max_attempts  -- a skipped last attempt dies next time
+             ORDER BY e.lease_expires_at
+             LIMIT n FOR UPDATE SKIP LOCKED)
         UPDATE @extschema@.jobs j
-           SET state = 'running', attempt = j.attempt + 1,
-               token = nextval('@extschema@.job_token_seq'::regclass),
+           SET attempt = j.attempt + 1, token = nextval('@extschema@.job_token_seq'::regclass),
                lease_expires_at = clock_timestamp() + l, worker = w
-         WHERE j.queue = q AND j.id = ANY (ARRAY(SELECT f.id FROM free f))
+         WHERE j.queue = q AND j.id = ANY (ARRAY(SELECT x.id FROM expired x))
         RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, j.lease_expires_at;
 END $$;
 
--- Finish many jobs; ids[i] goes with tokens[i]. Returns how many were held.
-CREATE FUNCTION @extschema@.complete(queue text, ids bigint[], tokens bigint[])
-RETURNS integer LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    q text := complete.queue;
-    n int;
-    finished text[];
-BEGIN
-    PERFORM @extschema@._require_queue(q);
-    PERFORM @extschema@._check(cardinality(complete.ids) = cardinality(complete.tokens),
-        format('ids has %s elements but tokens has %s', cardinality(complete.ids),
-               cardinality(complete.tokens)));
-    -- Lock in id order first: two calls with the same jobs in another order
-    -- must not deadlock.
-    PERFORM 1 FROM @extschema@.jobs j
-     WHERE j.queue = q AND j.id = ANY (complete.ids) ORDER BY j.id FOR UPDATE;
-    WITH gone AS (
-        DELETE FROM @extschema@.jobs j
-         WHERE j.queue = q AND j.id = ANY (complete.ids) AND j.state = 'running'
-           AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest(complete.ids, complete.tokens) AS d(id, token))
-        RETURNING j.key)
-    SELECT count(*), array_agg(g.key) FILTER (WHERE g.key IS NOT NULL) INTO n, finished FROM gone g;
-    PERFORM @extschema@._finish_keys(q, finished);
-    RETURN n;
-END $$;
+-- Take up to `batch` jobs that are free to run, leased for `lease`: expired
+-- leases first (re-delivered with attempt + 1), then ready jobs by priority
+-- and id, FOR UPDATE SKIP LOCKED. In C (src/queue_ops.cpp): the hot path.
+CREATE FUNCTION @extschema@.dequeue(queue text, batch int DEFAULT 1,
+                                    lease interval DEFAULT '30 seconds', worker text DEFAULT NULL)
+RETURNS TABLE(id bigint, key text, payload jsonb, attempt int, token bigint,
+              enqueued_at timestamptz, lease_expires_at timestamptz)
+AS 'MODULE_PATHNAME', 'lockext_dequeue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
 
--- Finish a job; false when that token no longer holds it. (The same rules
--- as _finish_keys for one key; every statement names the key, so only that
--- key's partition is touched: this is the hot path.)
+-- Finish many jobs; ids[i] goes with tokens[i]. Returns how many were held.
+-- Rows are locked in (partition, id) order, so overlapping batches cannot
+-- deadlock. In C (src/queue_ops.cpp).
+CREATE FUNCTION @extschema@.complete(queue text, ids bigint[], tokens bigint[])
+RETURNS integer
+AS 'MODULE_PATHNAME', 'lockext_complete_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- Finish a job; false when that token no longer holds it. The key's next
+-- job becomes ready. In C (src/queue_ops.cpp): the hot path.
 CREATE FUNCTION @extschema@.complete(queue text, id bigint, token bigint)
-RETURNS boolean LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    q text := complete.queue;
-    k text;
-    left_of_key bigint;
-BEGIN
-    PERFORM @extschema@._require_queue(q);
-    DELETE FROM @extschema@.jobs j
-     WHERE j.queue = q AND j.id = complete.id AND j.token = complete.token AND j.state = 'running'
-    RETURNING j.key INTO k;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    IF k IS NULL THEN
-        RETURN true;
-    END IF;
-    UPDATE @extschema@.job_keys jk SET jobs = jk.jobs - 1
-     WHERE jk.queue = q AND jk.key = k
-    RETURNING jk.jobs INTO left_of_key;
-    IF left_of_key <= 0 THEN
-        DELETE FROM @extschema@.job_keys jk WHERE jk.queue = q AND jk.key = k AND jk.jobs <= 0;
-    ELSE
-        -- The key's earliest job is next (see _finish_keys).
-        UPDATE @extschema@.jobs j
-           SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END
-         WHERE j.queue = q AND j.key = k AND j.state = 'waiting'
-           AND j.id = (SELECT w.id FROM @extschema@.jobs w
-                        WHERE w.queue = q AND w.key = k ORDER BY w.id LIMIT 1);
-        IF FOUND THEN
-            PERFORM pg_notify(@extschema@.queue_channel(q), '');
-        END IF;
-    END IF;
-    RETURN true;
-END $$;
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lockext_complete'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Delay before retry `attempt`: exponential from 1 s, capped at 1 h, with
 -- jitter (between half and all of it) so failed jobs do not retry in step.
@@ -597,19 +513,13 @@ ALTER FUNCTION @extschema@._insert_jobs(text, jsonb[], text[], timestamptz[], in
 ALTER FUNCTION @extschema@._finish_keys(text, text[])
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@._promote_delayed(text)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@._dequeue_expired(text, int, interval, text)
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@._bury(text, @extschema@.jobs[], text)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@.dequeue(text, int, interval, text)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@.complete(text, bigint[], bigint[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@.enqueue(text, jsonb, text, timestamptz, int, int)
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@.complete(text, bigint, bigint)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.fail(text, bigint, bigint, text, interval)

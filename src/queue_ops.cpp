@@ -1,0 +1,630 @@
+// The hot paths of the job queues: enqueue, dequeue and complete.
+//
+// Why C and not PL/pgSQL: a statement on lockext.jobs (or on one queue's
+// table) is planned over every partition it might touch, and a generic plan
+// locks and initialises all of them on every execution: with ten queues of
+// eight partitions, a one-row DELETE opened 88 tables and their indexes. Here
+// every statement that changes a job names the one leaf partition that holds
+// it, through a plan prepared once per backend and leaf:
+//  - a job id carries its leaf: id = nextval(job_id_seq) * kIdStride + the
+//    hash remainder of its key, so complete and the dequeue's update go
+//    straight to the leaf (ids still rise in enqueue order, and all jobs of a
+//    key share one leaf);
+//  - enqueue computes the remainder with the partition key's own hash
+//    support function, exactly as tuple routing does;
+//  - only the ready-job scan and the due/expired probe read the queue's
+//    whole table, as scans (no result relations to open).
+// The rules are those of the SQL in sql/lockext--0.1.0.sql (one ready,
+// delayed or running job per key, at the head of the key's line; job_keys
+// rows are the per-key mutex), which the rare paths (lease expiry, delayed
+// promotion, batch bookkeeping) still use.
+//
+// Bodies keep only plain data on the stack (include/lockext/pg_guard.hpp):
+// SPI and ereport may longjmp through them.
+extern "C" {
+#include "postgres.h"
+
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/partcache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+}
+
+#include "lockext/pg_guard.hpp"
+
+namespace {
+
+// Job ids leave room for the leaf's remainder (create_queue allows up to
+// 1024 partitions).
+constexpr int64 kIdStride = 1024;
+constexpr const char *kSchema = "lockext";
+
+// Statements with a cached plan; each is prepared per relation it names.
+enum Stmt : int {
+    kKeyCount,    // job_keys: count a keyed job in, returns the key's jobs
+    kInsert,      // queue table: insert one job (routing beats a leaf's constraint check)
+    kProbe,       // queue table: any delayed job due, any running lease expired?
+    kReady,       // queue table: pick ready jobs, row-locked
+    kTake,        // leaf: lease the picked jobs
+    kDelete,      // leaf: complete one job by id and token
+    kKeyUncount,  // job_keys: count a finished job out
+    kKeyDrop,     // job_keys: forget a key without jobs
+    kPromote,     // leaf: make a key's next job ready
+    kLockMany,    // leaf: lock jobs of a batch in id order
+    kDeleteMany,  // leaf: complete a batch's jobs by id and token
+    kFinishKeys,  // SQL: _finish_keys(queue, keys)
+    kExpired,     // SQL: _dequeue_expired(queue, n, lease, worker)
+    kPromoteDue,  // SQL: _promote_delayed(queue)
+    kStmtCount
+};
+
+// A cached plan's identity: the statement and the relation (or queue) it names.
+struct PlanKey {
+    int stmt;
+    char rel[NAMEDATALEN];
+};
+
+struct PlanEntry {
+    PlanKey key;
+    SPIPlanPtr plan;
+};
+
+// Backend-local plans, kept for the session. Plans are parsed by relation
+// name, so when a queue is dropped and created again the plan cache re-plans
+// them against the new tables.
+HTAB *plans = nullptr;
+
+// The SQL of each statement; %s is the quoted relation name where it has one.
+const char *stmt_sql(int stmt) {
+    switch (stmt) {
+        case kKeyCount:
+            return "INSERT INTO lockext.job_keys AS jk (queue, key, jobs) VALUES ($1, $2, 1) "
+                   "ON CONFLICT (queue, key) DO UPDATE SET jobs = jk.jobs + 1 RETURNING jk.jobs";
+        case kInsert:
+            return "INSERT INTO lockext.%s (queue, id, key, payload, state, run_at, priority, "
+                   "max_attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        case kProbe:
+            return "SELECT EXISTS (SELECT 1 FROM lockext.%1$s d WHERE d.state = 'delayed' "
+                   "AND d.run_at <= now()), EXISTS (SELECT 1 FROM lockext.%1$s e "
+                   "WHERE e.state = 'running' AND e.lease_expires_at <= now())";
+        case kReady:
+            return "SELECT r.id FROM lockext.%s r WHERE r.state = 'ready' AND r.run_at <= now() "
+                   "ORDER BY r.priority DESC, r.id LIMIT $1 FOR UPDATE SKIP LOCKED";
+        case kTake:
+            return "UPDATE lockext.%s j SET state = 'running', attempt = j.attempt + 1, "
+                   "token = nextval('lockext.job_token_seq'::regclass), "
+                   "lease_expires_at = clock_timestamp() + $2, worker = $3 "
+                   "WHERE j.id = ANY ($1) AND j.state = 'ready' "
+                   "RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, "
+                   "j.lease_expires_at";
+        case kDelete:
+            return "DELETE FROM lockext.%s j WHERE j.id = $1 AND j.token = $2 "
+                   "AND j.state = 'running' RETURNING j.key";
+        case kKeyUncount:
+            return "UPDATE lockext.job_keys jk SET jobs = jk.jobs - 1 "
+                   "WHERE jk.queue = $1 AND jk.key = $2 RETURNING jk.jobs";
+        case kKeyDrop:
+            return "DELETE FROM lockext.job_keys jk WHERE jk.queue = $1 AND jk.key = $2 "
+                   "AND jk.jobs <= 0";
+        case kPromote:
+            // The key's earliest job is next: a key's ready or running job is
+            // always its earliest, so an earliest 'waiting' job means none is.
+            return "UPDATE lockext.%1$s j "
+                   "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
+                   "WHERE j.id = (SELECT w.id FROM lockext.%1$s w WHERE w.key = $1 "
+                   "ORDER BY w.id LIMIT 1) AND j.state = 'waiting'";
+        case kLockMany:
+            return "SELECT 1 FROM lockext.%s j WHERE j.id = ANY ($1) ORDER BY j.id FOR UPDATE";
+        case kDeleteMany:
+            return "DELETE FROM lockext.%s j WHERE j.id = ANY ($1) AND j.state = 'running' "
+                   "AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest($1, $2) AS d(id, "
+                   "token)) RETURNING j.key";
+        case kFinishKeys:
+            return "SELECT lockext._finish_keys($1, $2)";
+        case kExpired:
+            return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
+        case kPromoteDue:
+            return "SELECT lockext._promote_delayed($1)";
+    }
+    elog(ERROR, "lockext: unknown queue statement %d", stmt);
+    return nullptr;
+}
+
+// Parameter types of each statement.
+int stmt_params(int stmt, Oid *types) {
+    switch (stmt) {
+        case kKeyCount:
+        case kKeyUncount:
+        case kKeyDrop:
+            types[0] = TEXTOID;
+            types[1] = TEXTOID;
+            return 2;
+        case kInsert:
+            types[0] = TEXTOID;
+            types[1] = INT8OID;
+            types[2] = TEXTOID;
+            types[3] = JSONBOID;
+            types[4] = TEXTOID;
+            types[5] = TIMESTAMPTZOID;
+            types[6] = INT4OID;
+            types[7] = INT4OID;
+            return 8;
+        case kProbe:
+            return 0;
+        case kReady:
+            types[0] = INT4OID;
+            return 1;
+        case kTake:
+            types[0] = INT8ARRAYOID;
+            types[1] = INTERVALOID;
+            types[2] = TEXTOID;
+            return 3;
+        case kDelete:
+            types[0] = INT8OID;
+            types[1] = INT8OID;
+            return 2;
+        case kPromote:
+            types[0] = TEXTOID;
+            return 1;
+        case kLockMany:
+            types[0] = INT8ARRAYOID;
+            return 1;
+        case kDeleteMany:
+            types[0] = INT8ARRAYOID;
+            types[1] = INT8ARRAYOID;
+            return 2;
+        case kFinishKeys:
+            types[0] = TEXTOID;
+            types[1] = TEXTARRAYOID;
+            return 2;
+        case kExpired:
+            types[0] = TEXTOID;
+            types[1] = INT4OID;
+            types[2] = INTERVALOID;
+            types[3] = TEXTOID;
+            return 4;
+        case kPromoteDue:
+            types[0] = TEXTOID;
+            return 1;
+    }
+    return 0;
+}
+
+// The session's plan for `stmt` on relation `rel` (NULL: none), preparing it
+// on first use. Call inside SPI_connect.
+SPIPlanPtr plan_for(int stmt, const char *rel) {
+    if (plans == nullptr) {
+        HASHCTL ctl;
+        ctl.keysize = sizeof(PlanKey);
+        ctl.entrysize = sizeof(PlanEntry);
+        ctl.hcxt = TopMemoryContext;
+        plans = hash_create("lockext queue plans", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    }
+    PlanKey key;
+    memset(&key, 0, sizeof(key));
+    key.stmt = stmt;
+    if (rel != nullptr)
+        strlcpy(key.rel, rel, sizeof(key.rel));
+    auto *entry = static_cast<PlanEntry *>(hash_search(plans, &key, HASH_FIND, nullptr));
+    if (entry != nullptr)
+        return entry->plan;
+
+    const char *sql = stmt_sql(stmt);
+    if (rel != nullptr)
+        sql = psprintf(sql, quote_identifier(rel));
+    Oid types[8];
+    int nargs = stmt_params(stmt, types);
+    // Generic from the start: queue tables churn faster than statistics
+    // follow, and every statement is an index lookup on its leaf.
+    SPIPlanPtr plan = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+    if (plan == nullptr)
+        elog(ERROR, "lockext: could not prepare queue statement: %s",
+             SPI_result_code_string(SPI_result));
+    if (SPI_keepplan(plan) != 0)
+        elog(ERROR, "lockext: could not keep queue statement");
+    entry = static_cast<PlanEntry *>(hash_search(plans, &key, HASH_ENTER, nullptr));
+    entry->plan = plan;
+    return entry->plan;
+}
+
+// Run a cached statement; `nulls` as for SPI_execute_plan (NULL: none null).
+int run(int stmt, const char *rel, Datum *values, const char *nulls, long limit = 0) {
+    int rc = SPI_execute_plan(plan_for(stmt, rel), values, nulls, false, limit);
+    if (rc < 0)
+        elog(ERROR, "lockext: queue statement failed: %s", SPI_result_code_string(rc));
+    return rc;
+}
+
+// Column `col` (1-based) of result row `row` of the last statement.
+Datum result(int row, int col, bool *isnull) {
+    return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+// Raise 22023 with `message` unless `ok`.
+void check(bool ok, const char *message) {
+    if (!ok)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", message)));
+}
+
+// Argument `n` as the queue name, NULL-checked.
+char *queue_arg(FunctionCallInfo fcinfo, int n) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("queue name must not be NULL")));
+    return text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+// The queue's table name ("queue_<name>"); NULL when the name cannot be a queue.
+char *queue_table(const char *queue) {
+    if (strlen(queue) > 40)
+        return nullptr;
+    return psprintf("queue_%s", queue);
+}
+
+// The queue's table, locked AccessShare; raises 42704 when there is no such queue.
+Oid open_queue(const char *queue) {
+    char *table = queue_table(queue);
+    Oid nsp = get_namespace_oid(kSchema, false);
+    Oid relid = table == nullptr ? InvalidOid : get_relname_relid(table, nsp);
+    if (OidIsValid(relid)) {
+        LockRelationOid(relid, AccessShareLock);
+        // Dropped while we waited for the lock?
+        if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+            relid = InvalidOid;
+    }
+    if (!OidIsValid(relid))
+        ereport(ERROR,
+                (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("queue \"%s\" does not exist", queue),
+                 errhint("Create it with lockext.create_queue().")));
+    return relid;
+}
+
+// The name of the leaf partition holding remainder `rem` of a queue.
+char *leaf_name(const char *queue, int64 rem) {
+    return psprintf("queue_%s$" INT64_FORMAT, queue, rem);
+}
+
+// The hash remainder of `key` in the queue table `relid`: the leaf that tuple
+// routing would choose, computed with the partition key's own support function.
+int64 remainder_of(Oid relid, Datum key, bool key_null) {
+    Relation rel = table_open(relid, NoLock);
+    PartitionKey pk = RelationGetPartitionKey(rel);
+    PartitionDesc pd = RelationGetPartitionDesc(rel, true);
+    if (pk == nullptr || pk->strategy != PARTITION_STRATEGY_HASH || pk->partnatts != 1 ||
+        pd->nparts < 1)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("queue table \"%s\" is not hash-partitioned by key",
+                               RelationGetRelationName(rel))));
+    int modulus = get_hash_partition_greatest_modulus(pd->boundinfo);
+    uint64 hash =
+        compute_partition_hash_value(1, pk->partsupfunc, pk->partcollation, &key, &key_null);
+    table_close(rel, NoLock);
+    return static_cast<int64>(hash % static_cast<uint64>(modulus));
+}
+
+// Pin the settings every queue statement is planned under (the functions'
+// SET clauses did this in SQL); returns the GUC nest level to pop.
+int pin_settings() {
+    int level = NewGUCNestLevel();
+    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+                            GUC_ACTION_SAVE, true, 0, false);
+    (void)set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+                            true, 0, false);
+    return level;
+}
+
+// Announce new ready jobs of `queue` to its LISTEN channel (sent at commit).
+void notify(const char *queue) {
+    Async_Notify(psprintf("lockext_queue_%s", queue), "");
+}
+
+// Enqueue one job; see lockext.enqueue.
+Datum enqueue_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    if (PG_ARGISNULL(1))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payload must not be NULL")));
+    bool key_null = PG_ARGISNULL(2);
+    Datum key = key_null ? (Datum)0 : PG_GETARG_DATUM(2);
+    TimestampTz now = GetCurrentTransactionStartTimestamp();
+    TimestampTz run_at = PG_ARGISNULL(3) ? now : PG_GETARG_TIMESTAMPTZ(3);
+    int32 priority = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
+    check(!PG_ARGISNULL(5) && PG_GETARG_INT32(5) >= 1, "max_attempts must be at least 1");
+    int32 max_attempts = PG_GETARG_INT32(5);
+
+    Oid relid = open_queue(queue);
+    int64 rem = remainder_of(relid, key, key_null);
+    int level = pin_settings();
+    SPI_connect();
+
+    int64 jobs_of_key = 1;
+    Datum qtext = CStringGetTextDatum(queue);
+    if (!key_null) {
+        Datum args[2] = {qtext, key};
+        run(kKeyCount, nullptr, args, nullptr);
+        bool isnull;
+        jobs_of_key = DatumGetInt64(result(0, 1, &isnull));
+    }
+    Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
+    int64 id = nextval_internal(seq, true) * kIdStride + rem;
+    const char *state = jobs_of_key > 1 ? "waiting" : run_at > now ? "delayed" : "ready";
+    Datum args[8] = {qtext,
+                     Int64GetDatum(id),
+                     key,
+                     PG_GETARG_DATUM(1),
+                     CStringGetTextDatum(state),
+                     TimestampTzGetDatum(run_at),
+                     Int32GetDatum(priority),
+                     Int32GetDatum(max_attempts)};
+    char nulls[8] = {' ', ' ', key_null ? 'n' : ' ', ' ', ' ', ' ', ' ', ' '};
+    run(kInsert, queue_table(queue), args, nulls);
+
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    notify(queue);
+    PG_RETURN_INT64(id);
+}
+
+// Order of picked jobs: by leaf, then id (the order the leaves are updated in).
+int compare_pick(const void *a, const void *b) {
+    const int64 *x = static_cast<const int64 *>(a);
+    const int64 *y = static_cast<const int64 *>(b);
+    int64 rx = x[0] % kIdStride, ry = y[0] % kIdStride;
+    if (rx != ry)
+        return rx < ry ? -1 : 1;
+    return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0;
+}
+
+// Take up to `batch` jobs; see lockext.dequeue.
+Datum dequeue_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    check(!PG_ARGISNULL(1) && PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
+    int32 batch = PG_GETARG_INT32(1);
+    Interval zero;
+    memset(&zero, 0, sizeof(zero));
+    check(!PG_ARGISNULL(2) && DatumGetBool(DirectFunctionCall2(interval_gt, PG_GETARG_DATUM(2),
+                                                               IntervalPGetDatum(&zero))),
+          "lease must be positive");
+    Datum lease = PG_GETARG_DATUM(2);
+    bool worker_null = PG_ARGISNULL(3);
+    Datum worker = worker_null ? (Datum)0 : PG_GETARG_DATUM(3);
+
+    InitMaterializedSRF(fcinfo, 0);
+    auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+    Oid relid = open_queue(queue);
+    (void)relid;
+    char *table = queue_table(queue);
+    int level = pin_settings();
+    SPI_connect();
+    Datum qtext = CStringGetTextDatum(queue);
+    int taken = 0;
+
+    // Rare paths first, each behind one probe of two partial indexes.
+    run(kProbe, table, nullptr, nullptr);
+    bool isnull;
+    bool due = DatumGetBool(result(0, 1, &isnull));
+    bool expired = DatumGetBool(result(0, 2, &isnull));
+    if (due) {
+        Datum args[1] = {qtext};
+        run(kPromoteDue, nullptr, args, nullptr);
+    }
+    if (expired) {
+        Datum args[4] = {qtext, Int32GetDatum(batch), lease, worker};
+        char nulls[4] = {' ', ' ', ' ', worker_null ? 'n' : ' '};
+        run(kExpired, nullptr, args, nulls);
+        for (uint64 i = 0; i < SPI_processed; i++)
+            tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+        taken = static_cast<int>(SPI_processed);
+    }
+
+    if (taken < batch) {
+        Datum args[1] = {Int32GetDatum(batch - taken)};
+        run(kReady, table, args, nullptr);
+        int n = static_cast<int>(SPI_processed);
+        // picks[2i] = id, picks[2i+1] = its rank in dequeue order.
+        int64 *picks = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
+        for (int i = 0; i < n; i++) {
+            picks[2 * i] = DatumGetInt64(result(i, 1, &isnull));
+            picks[2 * i + 1] = i;
+        }
+        qsort(picks, n, sizeof(int64) * 2, compare_pick);
+        HeapTuple *rows = static_cast<HeapTuple *>(palloc0(sizeof(HeapTuple) * (n + 1)));
+        Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+        int start = 0;
+        while (start < n) {
+            int64 rem = picks[2 * start] % kIdStride;
+            int end = start;
+            while (end < n && picks[2 * end] % kIdStride == rem) {
+                ids[end - start] = Int64GetDatum(picks[2 * end]);
+                end++;
+            }
+            ArrayType *arr = construct_array(ids, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
+            Datum targs[3] = {PointerGetDatum(arr), lease, worker};
+            char tnulls[3] = {' ', ' ', worker_null ? 'n' : ' '};
+            run(kTake, leaf_name(queue, rem), targs, tnulls);
+            // Match each updated row back to its rank (picks are sorted by id
+            // within this leaf).
+            for (uint64 r = 0; r < SPI_processed; r++) {
+                int64 id = DatumGetInt64(result(static_cast<int>(r), 1, &isnull));
+                for (int p = start; p < end; p++)
+                    if (picks[2 * p] == id) {
+                        rows[picks[2 * p + 1]] = SPI_tuptable->vals[r];
+                        break;
+                    }
+            }
+            start = end;
+        }
+        for (int i = 0; i < n; i++)
+            if (rows[i] != nullptr)
+                tuplestore_puttuple(rsinfo->setResult, rows[i]);
+    }
+
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    return (Datum)0;
+}
+
+// Finish one job; see lockext.complete(queue, id, token).
+Datum complete_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    (void)relid;
+    if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+        PG_RETURN_BOOL(false);
+    int64 id = PG_GETARG_INT64(1);
+    if (id <= 0)
+        PG_RETURN_BOOL(false);
+    char *leaf = leaf_name(queue, id % kIdStride);
+    // A stale id from a queue that had more partitions before it was recreated.
+    if (!OidIsValid(get_relname_relid(leaf, get_namespace_oid(kSchema, false))))
+        PG_RETURN_BOOL(false);
+
+    int level = pin_settings();
+    SPI_connect();
+    bool done = false, promoted = false, isnull;
+    Datum args[2] = {Int64GetDatum(id), PG_GETARG_DATUM(2)};
+    run(kDelete, leaf, args, nullptr);
+    if (SPI_processed > 0) {
+        done = true;
+        Datum key = result(0, 1, &isnull);
+        if (!isnull) {
+            key = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+            Datum kargs[2] = {CStringGetTextDatum(queue), key};
+            run(kKeyUncount, nullptr, kargs, nullptr);
+            bool gone = SPI_processed == 0 || DatumGetInt64(result(0, 1, &isnull)) <= 0;
+            if (gone) {
+                run(kKeyDrop, nullptr, kargs, nullptr);
+            } else {
+                Datum pargs[1] = {key};
+                run(kPromote, leaf, pargs, nullptr);
+                promoted = SPI_processed > 0;
+            }
+        }
+    }
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    if (promoted)
+        notify(queue);
+    PG_RETURN_BOOL(done);
+}
+
+// The elements of a bigint[] argument (NULL elements become 0, which no job has).
+int int8_elements(FunctionCallInfo fcinfo, int n, int64 **out) {
+    ArrayType *arr = PG_GETARG_ARRAYTYPE_P(n);
+    Datum *elems;
+    bool *nulls;
+    int count;
+    deconstruct_array(arr, INT8OID, 8, true, TYPALIGN_DOUBLE, &elems, &nulls, &count);
+    *out = static_cast<int64 *>(palloc(sizeof(int64) * (count + 1)));
+    for (int i = 0; i < count; i++)
+        (*out)[i] = nulls[i] ? 0 : DatumGetInt64(elems[i]);
+    return count;
+}
+
+// Finish many jobs; see lockext.complete(queue, ids, tokens).
+Datum complete_many_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    (void)relid;
+    if (PG_ARGISNULL(1) || PG_ARGISNULL(2)) {
+        check(PG_ARGISNULL(1) && PG_ARGISNULL(2), "ids and tokens must both be given");
+        PG_RETURN_INT32(0);
+    }
+    int64 *ids, *tokens;
+    int n = int8_elements(fcinfo, 1, &ids);
+    int m = int8_elements(fcinfo, 2, &tokens);
+    if (n != m)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("ids has %d elements but tokens has %d", n, m)));
+    // pairs[2i] = id, pairs[2i+1] = token; sorted by leaf, then id, so
+    // concurrent batches lock the same rows in the same order.
+    int64 *pairs = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
+    int valid = 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] > 0) {
+            pairs[2 * valid] = ids[i];
+            pairs[2 * valid + 1] = tokens[i];
+            valid++;
+        }
+    qsort(pairs, valid, sizeof(int64) * 2, compare_pick);
+
+    int level = pin_settings();
+    SPI_connect();
+    Oid nsp = get_namespace_oid(kSchema, false);
+    Datum *id_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    Datum *tok_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    int nkeys = 0, done = 0, start = 0;
+    bool isnull;
+    while (start < valid) {
+        int64 rem = pairs[2 * start] % kIdStride;
+        int end = start;
+        while (end < valid && pairs[2 * end] % kIdStride == rem) {
+            id_datums[end - start] = Int64GetDatum(pairs[2 * end]);
+            tok_datums[end - start] = Int64GetDatum(pairs[2 * end + 1]);
+            end++;
+        }
+        char *leaf = leaf_name(queue, rem);
+        if (OidIsValid(get_relname_relid(leaf, nsp))) {
+            ArrayType *a_ids =
+                construct_array(id_datums, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
+            ArrayType *a_toks =
+                construct_array(tok_datums, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
+            Datum args[2] = {PointerGetDatum(a_ids), PointerGetDatum(a_toks)};
+            run(kLockMany, leaf, args, nullptr);
+            run(kDeleteMany, leaf, args, nullptr);
+            done += static_cast<int>(SPI_processed);
+            for (uint64 r = 0; r < SPI_processed; r++) {
+                Datum key = result(static_cast<int>(r), 1, &isnull);
+                if (!isnull)
+                    keys[nkeys++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+            }
+        }
+        start = end;
+    }
+    if (nkeys > 0) {
+        ArrayType *a_keys = construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT);
+        Datum args[2] = {CStringGetTextDatum(queue), PointerGetDatum(a_keys)};
+        run(kFinishKeys, nullptr, args, nullptr);
+    }
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    PG_RETURN_INT32(done);
+}
+
+// A job id for `key` in `queue` (its leaf's remainder in the low digits); see
+// the id rules at the top of this file. Used by the SQL that inserts jobs.
+Datum job_id_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    bool key_null = PG_ARGISNULL(1);
+    int64 rem = remainder_of(relid, key_null ? (Datum)0 : PG_GETARG_DATUM(1), key_null);
+    Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
+    PG_RETURN_INT64(nextval_internal(seq, true) * kIdStride + rem);
+}
+
+}  // namespace
+
+LOCKEXT_SQL_FUNCTION(enqueue)
+LOCKEXT_SQL_FUNCTION(dequeue)
+LOCKEXT_SQL_FUNCTION(complete)
+LOCKEXT_SQL_FUNCTION(complete_many)
+LOCKEXT_SQL_FUNCTION(job_id)
