@@ -48,7 +48,7 @@ BENCH_QUEUE_PUSH_MAX_SECONDS=${BENCH_QUEUE_PUSH_MAX_SECONDS:-300}
 BENCH_OUT=${BENCH_OUT:-}
 BENCH_DIR="$LOCKEXT_ROOT/test/bench"
 QUEUE=bench                  # the queue name the pgbench scripts use
-KINDS=(lockext plain)
+KINDS=(lockext ackfetch plain)
 SHAPES=(single batch)
 CLIENT_COUNTS=(1 8)
 PUSH_CHUNKS=20               # the bloat push runs in this many timed parts
@@ -97,7 +97,7 @@ reset_queues() {
 
 # Jobs still in the queue of kind $1 (lockext: waiting + running; plain: rows).
 jobs_left() {
-    if [ "$1" = lockext ]; then
+    if [ "$1" != plain ]; then
         sql -At -c "SELECT waiting FROM bench_queue_left('$QUEUE')"
     else
         sql -At -c "SELECT count(*) FROM plain_queue"
@@ -113,6 +113,7 @@ pgbench_run() {
     if ! out=$(pgbench -n -M prepared -r -c "$clients" -j "$threads" \
                        -D payload="$PAYLOAD" -D payloads="$PAYLOADS" \
                        -D batch="$BENCH_QUEUE_BATCH" -D keys="$BENCH_QUEUE_KEYS" \
+                       -D pid=0 -D ptok=0 -D pids='{}' -D ptoks='{}' \
                        -f "$BENCH_DIR/$script" "$@" 2>&1); then
         printf '%s\n' "$out" >&2
         fail "pgbench $script -c $clients failed"
@@ -311,7 +312,7 @@ load_1min() {
 
 # Print the Markdown report on stdout.
 report() {
-    local clients l p r shape target
+    local clients l p r a ra shape target
     echo "## lockext queue benchmark"
     echo
     echo "PostgreSQL $(sql -At -c 'SHOW server_version'), $(nproc) CPUs, Unix socket," \
@@ -330,6 +331,9 @@ report() {
          "**lockext single** = \`enqueue\` (random key of ${BENCH_QUEUE_KEYS}) + \`dequeue(1)\` + \`complete(id, token)\`;" \
          "**lockext batch** = \`enqueue_batch\` of ${BENCH_QUEUE_BATCH} (random keys of ${BENCH_QUEUE_KEYS})" \
          "+ \`dequeue(${BENCH_QUEUE_BATCH})\` + \`complete(ids[], tokens[])\`;" \
+         "**lockext ack+fetch** = the same jobs, but the worker completes the job it fetched last" \
+         "and dequeues the next in one transaction (\`BEGIN; complete(prev); dequeue; COMMIT\`):" \
+         "two commits per job like the baseline, and the job still holds its lease between fetch and complete;" \
          "**plain single** = \`INSERT\` + \`DELETE … WHERE id = (SELECT … ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING\`;" \
          "**plain batch** = \`INSERT … SELECT unnest(\$1::jsonb[])\` of ${BENCH_QUEUE_BATCH}" \
          "+ \`DELETE … WHERE id IN (SELECT … LIMIT ${BENCH_QUEUE_BATCH} FOR UPDATE SKIP LOCKED) RETURNING\`." \
@@ -341,20 +345,21 @@ report() {
          "(lockext needs 3 round trips per cycle because its lease outlives the dequeue transaction;" \
          "the plain queue does dequeue and complete in one DELETE)."
     echo
-    echo "| jobs | workers | lockext (keyed, ordered) | plain SKIP LOCKED | lockext/plain | target |"
-    echo "|---|---:|---:|---:|---:|---|"
+    echo "| jobs | workers | lockext (keyed, ordered) | lockext ack+fetch | plain SKIP LOCKED | lockext/plain | ack+fetch/plain | target |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---|"
     for shape in "${SHAPES[@]}"; do
         for clients in "${CLIENT_COUNTS[@]}"; do
             l=${RATE[lockext,$shape,$clients]} p=${RATE[plain,$shape,$clients]}
-            r=$(ratio "$l" "$p")
+            a=${RATE[ackfetch,$shape,$clients]}
+            r=$(ratio "$l" "$p") ra=$(ratio "$a" "$p")
             if [ "$shape" = single ]; then
-                target="lockext/plain ≥ 1.0×: $(verdict "$r" ge 1.0)"
+                target="lockext/plain ≥ 1.0×: $(verdict "$r" ge 1.0) (ack+fetch: $(verdict "$ra" ge 1.0))"
             else
-                target="lockext ≥ 20,000 jobs/s: $(verdict "$l" ge 20000)"
+                target="lockext ≥ 20,000 jobs/s: $(verdict "$l" ge 20000) (ack+fetch: $(verdict "$a" ge 20000))"
             fi
-            printf '| %s | %d | %.0f | %.0f | %s× | %s |\n' \
+            printf '| %s | %d | %.0f | %.0f | %.0f | %s× | %s× | %s |\n' \
                 "$( [ "$shape" = single ] && echo single || echo "batch of $BENCH_QUEUE_BATCH")" \
-                "$clients" "$l" "$p" "$r" "$target"
+                "$clients" "$l" "$a" "$p" "$r" "$ra" "$target"
         done
     done
     echo

@@ -46,6 +46,7 @@ extern "C" {
 #include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 }
 
 #include "lockext/pg_guard.hpp"
@@ -59,20 +60,23 @@ constexpr const char *kSchema = "lockext";
 
 // Statements with a cached plan; each is prepared per relation it names.
 enum Stmt : int {
-    kKeyCount,    // job_keys: count a keyed job in, returns the key's jobs
-    kInsert,      // queue table: insert one job (routing beats a leaf's constraint check)
-    kProbe,       // queue table: any delayed job due, any running lease expired?
-    kReady,       // queue table: pick ready jobs, row-locked
-    kTake,        // leaf: lease the picked jobs
-    kDelete,      // leaf: complete one job by id and token
-    kKeyUncount,  // job_keys: count a finished job out
-    kKeyDrop,     // job_keys: forget a key without jobs
-    kPromote,     // leaf: make a key's next job ready
-    kLockMany,    // leaf: lock jobs of a batch in id order
-    kDeleteMany,  // leaf: complete a batch's jobs by id and token
-    kFinishKeys,  // SQL: _finish_keys(queue, keys)
-    kExpired,     // SQL: _dequeue_expired(queue, n, lease, worker)
-    kPromoteDue,  // SQL: _promote_delayed(queue)
+    kKeyCount,     // job_keys: count a keyed job in, returns the key's jobs
+    kInsert,       // queue table: insert one job (routing beats a leaf's constraint check)
+    kProbe,        // queue table: any delayed job due, any running lease expired?
+    kReady,        // queue table: pick ready jobs, row-locked
+    kTake,         // leaf: lease the picked jobs
+    kDelete,       // leaf: complete one job by id and token
+    kKeyUncount,   // job_keys: count a finished job out
+    kKeyDrop,      // job_keys: forget a key without jobs
+    kPromote,      // leaf: make a key's next job ready
+    kLockMany,     // leaf: lock jobs of a batch in id order
+    kDeleteMany,   // leaf: complete a batch's jobs by id and token
+    kKeysLock,     // job_keys: lock a batch's keys in key order
+    kKeysUncount,  // job_keys: count a batch's finished jobs out
+    kKeysDrop,     // job_keys: forget the batch's keys without jobs
+    kPromoteMany,  // leaf: make each listed key's next job ready
+    kExpired,      // SQL: _dequeue_expired(queue, n, lease, worker)
+    kPromoteDue,   // SQL: _promote_delayed(queue)
     kStmtCount
 };
 
@@ -137,8 +141,23 @@ const char *stmt_sql(int stmt) {
             return "DELETE FROM lockext.%s j WHERE j.id = ANY ($1) AND j.state = 'running' "
                    "AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest($1, $2) AS d(id, "
                    "token)) RETURNING j.key";
-        case kFinishKeys:
-            return "SELECT lockext._finish_keys($1, $2)";
+        case kKeysLock:
+            return "SELECT 1 FROM lockext.job_keys k WHERE k.queue = $1 AND k.key = ANY ($2) "
+                   "ORDER BY k.key FOR UPDATE";
+        case kKeysUncount:
+            return "UPDATE lockext.job_keys k SET jobs = k.jobs - d.n "
+                   "FROM (SELECT u.key, count(*) AS n FROM unnest($2) AS u(key) GROUP BY u.key) d "
+                   "WHERE k.queue = $1 AND k.key = ANY ($2) AND k.key = d.key";
+        case kKeysDrop:
+            return "DELETE FROM lockext.job_keys k WHERE k.queue = $1 AND k.key = ANY ($2) "
+                   "AND k.jobs <= 0";
+        case kPromoteMany:
+            return "UPDATE lockext.%1$s j "
+                   "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
+                   "FROM (SELECT DISTINCT u.key FROM unnest($1) AS u(key)) ks "
+                   "CROSS JOIN LATERAL (SELECT w.id, w.state FROM lockext.%1$s w "
+                   "WHERE w.key = ks.key ORDER BY w.id LIMIT 1) head "
+                   "WHERE head.state = 'waiting' AND j.id = head.id AND j.state = 'waiting'";
         case kExpired:
             return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
         case kPromoteDue:
@@ -191,10 +210,15 @@ int stmt_params(int stmt, Oid *types) {
             types[0] = INT8ARRAYOID;
             types[1] = INT8ARRAYOID;
             return 2;
-        case kFinishKeys:
+        case kKeysLock:
+        case kKeysUncount:
+        case kKeysDrop:
             types[0] = TEXTOID;
             types[1] = TEXTARRAYOID;
             return 2;
+        case kPromoteMany:
+            types[0] = TEXTARRAYOID;
+            return 1;
         case kExpired:
             types[0] = TEXTOID;
             types[1] = INT4OID;
@@ -393,89 +417,134 @@ int compare_pick(const void *a, const void *b) {
     return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0;
 }
 
+// How often a busy backend looks for due delayed jobs and lapsed leases
+// even when ready jobs are plentiful. The look costs an index probe per
+// partition and state; an idle queue (a dequeue that comes up short) always
+// looks at once, so this only bounds how late a busy queue re-delivers.
+constexpr int64 kRarePathIntervalUs = 100 * 1000;
+// When this backend last looked (its own clock), and at which queue.
+TimestampTz last_rare_path = 0;
+char last_rare_queue[NAMEDATALEN];
+
+// What one dequeue call works with: plain data, shared by its steps.
+struct DequeueCall {
+    const char *queue;
+    const char *table;
+    Datum qtext;
+    int32 batch;
+    int taken;
+    Datum lease;
+    Datum worker;
+    bool worker_null;
+    Tuplestorestate *out;
+};
+
+// The rare paths: make due delayed jobs ready, and re-lease (or bury) jobs
+// whose lease ran out, adding them to the result. True if any delayed job
+// became ready.
+bool dequeue_rare_paths(DequeueCall *call) {
+    bool isnull;
+    last_rare_path = GetCurrentTimestamp();
+    strlcpy(last_rare_queue, call->queue, sizeof(last_rare_queue));
+    run(kProbe, call->table, nullptr, nullptr);
+    bool due = DatumGetBool(result(0, 1, &isnull));
+    bool expired = DatumGetBool(result(0, 2, &isnull));
+    if (due) {
+        Datum args[1] = {call->qtext};
+        run(kPromoteDue, nullptr, args, nullptr);
+    }
+    if (expired && call->taken < call->batch) {
+        Datum args[4] = {call->qtext, Int32GetDatum(call->batch - call->taken), call->lease,
+                         call->worker};
+        char nulls[4] = {' ', ' ', ' ', call->worker_null ? 'n' : ' '};
+        run(kExpired, nullptr, args, nulls);
+        for (uint64 i = 0; i < SPI_processed; i++)
+            tuplestore_puttuple(call->out, SPI_tuptable->vals[i]);
+        call->taken += static_cast<int>(SPI_processed);
+    }
+    return due;
+}
+
+// Lease ready jobs, by priority then id, up to the batch; each leaf's picks
+// are updated by one statement, and the rows are returned in pick order.
+void dequeue_ready(DequeueCall *call) {
+    bool isnull;
+    Datum args[1] = {Int32GetDatum(call->batch - call->taken)};
+    run(kReady, call->table, args, nullptr);
+    int n = static_cast<int>(SPI_processed);
+    // picks[2i] = id, picks[2i+1] = its rank in dequeue order.
+    int64 *picks = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
+    for (int i = 0; i < n; i++) {
+        picks[2 * i] = DatumGetInt64(result(i, 1, &isnull));
+        picks[2 * i + 1] = i;
+    }
+    qsort(picks, n, sizeof(int64) * 2, compare_pick);
+    HeapTuple *rows = static_cast<HeapTuple *>(palloc0(sizeof(HeapTuple) * (n + 1)));
+    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    int start = 0;
+    while (start < n) {
+        int64 rem = picks[2 * start] % kIdStride;
+        int end = start;
+        while (end < n && picks[2 * end] % kIdStride == rem) {
+            ids[end - start] = Int64GetDatum(picks[2 * end]);
+            end++;
+        }
+        ArrayType *arr = construct_array(ids, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
+        Datum targs[3] = {PointerGetDatum(arr), call->lease, call->worker};
+        char tnulls[3] = {' ', ' ', call->worker_null ? 'n' : ' '};
+        run(kTake, leaf_name(call->queue, rem), targs, tnulls);
+        // Match each updated row back to its rank.
+        for (uint64 r = 0; r < SPI_processed; r++) {
+            int64 id = DatumGetInt64(result(static_cast<int>(r), 1, &isnull));
+            for (int p = start; p < end; p++)
+                if (picks[2 * p] == id) {
+                    rows[picks[2 * p + 1]] = SPI_tuptable->vals[r];
+                    break;
+                }
+        }
+        start = end;
+    }
+    for (int i = 0; i < n; i++)
+        if (rows[i] != nullptr) {
+            tuplestore_puttuple(call->out, rows[i]);
+            call->taken++;
+        }
+}
+
 // Take up to `batch` jobs; see lockext.dequeue.
 Datum dequeue_impl(FunctionCallInfo fcinfo) {
-    char *queue = queue_arg(fcinfo, 0);
+    DequeueCall call;
+    call.queue = queue_arg(fcinfo, 0);
     check(!PG_ARGISNULL(1) && PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
-    int32 batch = PG_GETARG_INT32(1);
+    call.batch = PG_GETARG_INT32(1);
     Interval zero;
     memset(&zero, 0, sizeof(zero));
     check(!PG_ARGISNULL(2) && DatumGetBool(DirectFunctionCall2(interval_gt, PG_GETARG_DATUM(2),
                                                                IntervalPGetDatum(&zero))),
           "lease must be positive");
-    Datum lease = PG_GETARG_DATUM(2);
-    bool worker_null = PG_ARGISNULL(3);
-    Datum worker = worker_null ? (Datum)0 : PG_GETARG_DATUM(3);
+    call.lease = PG_GETARG_DATUM(2);
+    call.worker_null = PG_ARGISNULL(3);
+    call.worker = call.worker_null ? (Datum)0 : PG_GETARG_DATUM(3);
+    call.taken = 0;
 
     InitMaterializedSRF(fcinfo, 0);
-    auto *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
-    Oid relid = open_queue(queue);
-    (void)relid;
-    char *table = queue_table(queue);
+    call.out = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setResult;
+    (void)open_queue(call.queue);
+    call.table = queue_table(call.queue);
     int level = pin_settings();
     SPI_connect();
-    Datum qtext = CStringGetTextDatum(queue);
-    int taken = 0;
+    call.qtext = CStringGetTextDatum(call.queue);
 
-    // Rare paths first, each behind one probe of two partial indexes.
-    run(kProbe, table, nullptr, nullptr);
-    bool isnull;
-    bool due = DatumGetBool(result(0, 1, &isnull));
-    bool expired = DatumGetBool(result(0, 2, &isnull));
-    if (due) {
-        Datum args[1] = {qtext};
-        run(kPromoteDue, nullptr, args, nullptr);
-    }
-    if (expired) {
-        Datum args[4] = {qtext, Int32GetDatum(batch), lease, worker};
-        char nulls[4] = {' ', ' ', ' ', worker_null ? 'n' : ' '};
-        run(kExpired, nullptr, args, nulls);
-        for (uint64 i = 0; i < SPI_processed; i++)
-            tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
-        taken = static_cast<int>(SPI_processed);
-    }
-
-    if (taken < batch) {
-        Datum args[1] = {Int32GetDatum(batch - taken)};
-        run(kReady, table, args, nullptr);
-        int n = static_cast<int>(SPI_processed);
-        // picks[2i] = id, picks[2i+1] = its rank in dequeue order.
-        int64 *picks = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
-        for (int i = 0; i < n; i++) {
-            picks[2 * i] = DatumGetInt64(result(i, 1, &isnull));
-            picks[2 * i + 1] = i;
-        }
-        qsort(picks, n, sizeof(int64) * 2, compare_pick);
-        HeapTuple *rows = static_cast<HeapTuple *>(palloc0(sizeof(HeapTuple) * (n + 1)));
-        Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-        int start = 0;
-        while (start < n) {
-            int64 rem = picks[2 * start] % kIdStride;
-            int end = start;
-            while (end < n && picks[2 * end] % kIdStride == rem) {
-                ids[end - start] = Int64GetDatum(picks[2 * end]);
-                end++;
-            }
-            ArrayType *arr = construct_array(ids, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
-            Datum targs[3] = {PointerGetDatum(arr), lease, worker};
-            char tnulls[3] = {' ', ' ', worker_null ? 'n' : ' '};
-            run(kTake, leaf_name(queue, rem), targs, tnulls);
-            // Match each updated row back to its rank (picks are sorted by id
-            // within this leaf).
-            for (uint64 r = 0; r < SPI_processed; r++) {
-                int64 id = DatumGetInt64(result(static_cast<int>(r), 1, &isnull));
-                for (int p = start; p < end; p++)
-                    if (picks[2 * p] == id) {
-                        rows[picks[2 * p + 1]] = SPI_tuptable->vals[r];
-                        break;
-                    }
-            }
-            start = end;
-        }
-        for (int i = 0; i < n; i++)
-            if (rows[i] != nullptr)
-                tuplestore_puttuple(rsinfo->setResult, rows[i]);
-    }
+    // Lapsed leases go first when it is time to look; otherwise only when
+    // the ready jobs do not fill the batch.
+    bool looked = GetCurrentTimestamp() - last_rare_path >= kRarePathIntervalUs ||
+                  strcmp(last_rare_queue, call.queue) != 0;
+    if (looked)
+        (void)dequeue_rare_paths(&call);
+    if (call.taken < call.batch)
+        dequeue_ready(&call);
+    if (!looked && call.taken < call.batch && dequeue_rare_paths(&call) && call.taken < call.batch)
+        dequeue_ready(&call);
 
     SPI_finish();
     AtEOXact_GUC(true, level);
@@ -571,7 +640,9 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
     Oid nsp = get_namespace_oid(kSchema, false);
     Datum *id_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
     Datum *tok_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    // keys[i] is the key of a finished job, key_rem[i] its leaf.
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    int64 *key_rem = static_cast<int64 *>(palloc(sizeof(int64) * (valid + 1)));
     int nkeys = 0, done = 0, start = 0;
     bool isnull;
     while (start < valid) {
@@ -594,16 +665,37 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
             done += static_cast<int>(SPI_processed);
             for (uint64 r = 0; r < SPI_processed; r++) {
                 Datum key = result(static_cast<int>(r), 1, &isnull);
-                if (!isnull)
+                if (!isnull) {
+                    key_rem[nkeys] = rem;
                     keys[nkeys++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+                }
             }
         }
         start = end;
     }
     if (nkeys > 0) {
+        // Count the keys' finished jobs out (rows locked in key order, so
+        // overlapping batches cannot deadlock), then free each key's next job,
+        // leaf by leaf (keys were collected in leaf order).
         ArrayType *a_keys = construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT);
         Datum args[2] = {CStringGetTextDatum(queue), PointerGetDatum(a_keys)};
-        run(kFinishKeys, nullptr, args, nullptr);
+        run(kKeysLock, nullptr, args, nullptr);
+        run(kKeysUncount, nullptr, args, nullptr);
+        run(kKeysDrop, nullptr, args, nullptr);
+        bool promoted = false;
+        for (int k = 0; k < nkeys;) {
+            int e = k;
+            while (e < nkeys && key_rem[e] == key_rem[k])
+                e++;
+            ArrayType *leaf_keys =
+                construct_array(keys + k, e - k, TEXTOID, -1, false, TYPALIGN_INT);
+            Datum pargs[1] = {PointerGetDatum(leaf_keys)};
+            run(kPromoteMany, leaf_name(queue, key_rem[k]), pargs, nullptr);
+            promoted |= SPI_processed > 0;
+            k = e;
+        }
+        if (promoted)
+            notify(queue);
     }
     SPI_finish();
     AtEOXact_GUC(true, level);
