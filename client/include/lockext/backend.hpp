@@ -1,0 +1,58 @@
+// The interface a lock backend implements. Applications use LockManager; this
+// header is for backends (and tests that need to inject faults).
+//
+// A backend only talks to its store. LockManager does everything that must be
+// the same on every backend: option checks, outage retries, the watchdog,
+// lost-lease reporting, acquire_all and metrics.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lockext/lockext.hpp"
+
+namespace lockext::detail {
+
+// What a backend returns for a granted lease, and needs back to renew or release it.
+struct Lease {
+    std::string name;
+    Mode mode = Mode::exclusive;
+    int max_holders = 1;
+    std::int64_t token = 0;
+    // Backend-private holder identity (the random holder value on Redis); may be empty.
+    std::string handle;
+    std::chrono::system_clock::time_point expires_at;
+};
+
+class Backend {
+  public:
+    virtual ~Backend() = default;
+
+    // "memory", "postgres", "redis" or "redlock".
+    virtual std::string_view kind() const noexcept = 0;
+
+    // Try for up to options.wait (already validated), FIFO-fair where the store
+    // allows, waiting without polling. Empty when not obtained in time. Throws
+    // BackendUnavailable when the store cannot be reached, InvalidArgument for
+    // what this backend cannot do.
+    virtual std::optional<Lease> acquire(std::string_view name, const LockOptions &options) = 0;
+
+    // Extend a lease by ttl; the new expiry, or empty when it is no longer held.
+    virtual std::optional<std::chrono::system_clock::time_point> renew(
+        const Lease &lease, std::chrono::milliseconds ttl) = 0;
+
+    // Release a lease; false when it was no longer held. Safe to repeat.
+    virtual bool release(const Lease &lease) = 0;
+
+    // Every holder, where the backend has a global view.
+    virtual std::vector<HolderInfo> holders();
+
+    // Release every holder of name, where the backend can.
+    virtual int force_release(std::string_view name);
+};
+
+}  // namespace lockext::detail

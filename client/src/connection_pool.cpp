@@ -1,0 +1,325 @@
+// The postgres backend's connection pool; the rules and the locking protocol
+// are at the top of connection_pool.hpp.
+#include "connection_pool.hpp"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <set>
+#include <string_view>
+#include <utility>
+
+#include "lockext/lockext.hpp"
+
+namespace lockext::detail {
+
+// A pooled connection with the error handler that keeps server notices off
+// stderr; the handler must go before its connection, hence the member order.
+struct PooledSlot {
+    std::unique_ptr<pqxx::connection> conn;
+    std::unique_ptr<pqxx::quiet_errorhandler> quiet;
+};
+
+namespace {
+
+// Whether an idle connection may still be used. Nothing arrives unasked on an
+// idle connection of ours (we never LISTEN), so anything readable is the
+// server's goodbye: a FATAL (pg_terminate_backend, idle_session_timeout,
+// shutdown) or the end of the stream. The check costs one poll() per call
+// (about 2% of an uncontended acquire + release) and buys two things: no call
+// fails on a connection that died while idle, and libpqxx 6 is never handed
+// such a connection, on which a call leaks its PGresult (libpqxx reads the
+// dead connection's client encoding before taking the result over, and that
+// throws). A connection that breaks during a call still leaks about 2 kB.
+bool looks_alive(pqxx::connection &conn) {
+    if (!conn.is_open())
+        return false;
+    pollfd p{};
+    p.fd = conn.sock();
+    p.events = POLLIN;
+    int r;
+    do {
+        r = ::poll(&p, 1, 0);
+    } while (r < 0 && errno == EINTR);
+    return r == 0;
+}
+
+// The keys of a URI's query string ("?a=1&b=2" gives {a, b}).
+std::set<std::string, std::less<>> query_keys(std::string_view url) {
+    std::set<std::string, std::less<>> keys;
+    const auto q = url.find('?');
+    if (q == std::string_view::npos)
+        return keys;
+    std::string_view rest = url.substr(q + 1);
+    while (!rest.empty()) {
+        const auto amp = rest.find('&');
+        std::string_view pair = rest.substr(0, amp);
+        keys.emplace(pair.substr(0, pair.find('=')));
+        if (amp == std::string_view::npos)
+            break;
+        rest.remove_prefix(amp + 1);
+    }
+    return keys;
+}
+
+}  // namespace
+
+// The user's URI plus our defaults for what it leaves unset.
+std::string pool_conninfo(std::string_view url) {
+    const auto keys = query_keys(url);
+    std::string out(url);
+    bool has_query = out.find('?') != std::string::npos;
+    // Append key=value unless the user set key (their choice wins).
+    auto add_default = [&](std::string_view key, std::string_view value) {
+        if (keys.contains(key))
+            return;
+        if (!has_query) {
+            out += '?';
+            has_query = true;
+        } else if (out.back() != '?' && out.back() != '&') {
+            out += '&';
+        }
+        out.append(key).append("=").append(value);
+    };
+    // A blackholed host must fail connect(), not hang it.
+    add_default("connect_timeout", "10");
+    // A lock wait on a dead peer must end in about a minute, not in hours.
+    if (!keys.contains("keepalives_idle") && !keys.contains("keepalives_interval") &&
+        !keys.contains("keepalives_count")) {
+        add_default("keepalives_idle", "30");
+        add_default("keepalives_interval", "10");
+        add_default("keepalives_count", "3");
+    }
+    add_default("fallback_application_name", "lockext");
+    // Lock waits are bounded by LockOptions::wait; a server-wide
+    // statement_timeout would cut them short with a confusing cancel.
+    add_default("options", "-c%20statement_timeout%3D0");
+    return out;
+}
+
+// Strip the severity prefix and fold the lines into one.
+std::string clean_message(std::string_view message) {
+    for (std::string_view prefix : {"ERROR:  ", "FATAL:  "}) {
+        if (message.starts_with(prefix))
+            message.remove_prefix(prefix.size());
+    }
+    std::string out;
+    bool space = false;
+    for (char c : message) {
+        const bool ws = c == '\n' || c == '\t' || c == ' ' || c == '\r';
+        if (ws) {
+            space = !out.empty();
+            continue;
+        }
+        if (space)
+            out += ' ';
+        space = false;
+        out += c;
+    }
+    return out;
+}
+
+// Classify a failed connect as a bad URL or an unreachable server.
+void throw_connect_error(const std::string &libpq_message, const std::string &conninfo) {
+    std::string raw = libpq_message;
+    for (auto at = raw.find(conninfo); !conninfo.empty() && at != std::string::npos;
+         at = raw.find(conninfo, at))
+        raw.replace(at, conninfo.size(), "<url>");
+    const std::string message = clean_message(raw);
+    // libpq rejects a malformed URI or option before connecting, with
+    // messages of these shapes (since PostgreSQL 14 after a "connection to
+    // server ... failed: " prefix); everything else (refused, timeouts,
+    // authentication, unknown database) comes from trying to reach the server.
+    std::string_view detail = message;
+    if (detail.starts_with("connection to server")) {
+        const auto failed = detail.find(" failed: ");
+        if (failed != std::string_view::npos)
+            detail.remove_prefix(failed + 9);
+    }
+    for (std::string_view shape :
+         {"invalid URI", "invalid connection option", "invalid percent-encoded", "missing \"=\"",
+          "forbidden value", "unexpected spaces", "unterminated quoted", "end of string reached",
+          "extra key/value separator", "invalid integer value", "invalid port number",
+          "invalid sslmode", "invalid target_session_attrs", "invalid channel_binding",
+          "invalid gssencmode", "invalid load_balance_hosts"}) {
+        if (detail.starts_with(shape))
+            throw InvalidArgument("invalid PostgreSQL URL: " + std::string(detail));
+    }
+    throw BackendUnavailable("cannot connect to PostgreSQL: " + message);
+}
+
+// ---- Handle ---------------------------------------------------------------
+
+// Wrap a connection checked out of pool.
+ConnectionPool::Handle::Handle(ConnectionPool *pool, std::unique_ptr<PooledSlot> slot, Use use,
+                               bool reused)
+    : pool_(pool), slot_(std::move(slot)), use_(use), reused_(reused) {}
+
+// Take over other's connection; other gives nothing back.
+ConnectionPool::Handle::Handle(Handle &&other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      slot_(std::move(other.slot_)),
+      use_(other.use_),
+      reused_(other.reused_) {}
+
+// Give the connection (or, once discarded, its checkout) back.
+ConnectionPool::Handle::~Handle() {
+    if (pool_ != nullptr)
+        pool_->give_back(std::move(slot_), use_);
+}
+
+// The checked-out connection.
+pqxx::connection &ConnectionPool::Handle::connection() {
+    if (!slot_)
+        throw std::logic_error("lockext: use of a discarded pooled connection");
+    return *slot_->conn;
+}
+
+// Close the connection now; a later checkout opens a new one.
+void ConnectionPool::Handle::discard() noexcept {
+    slot_.reset();
+}
+
+// ---- ConnectionPool -------------------------------------------------------
+
+// An empty pool; connections are opened on demand.
+ConnectionPool::ConnectionPool(std::string conninfo, std::size_t size, Setup setup)
+    : conninfo_(std::move(conninfo)), size_(size), setup_(std::move(setup)) {}
+
+// Close the idle connections (none may be checked out by then).
+ConnectionPool::~ConnectionPool() = default;
+
+// Count the checkout (a quick one waits for a free place), then reuse the most
+// recently used idle connection that is still alive, or open one.
+ConnectionPool::Handle ConnectionPool::checkout(Use use) {
+    std::unique_ptr<PooledSlot> slot;
+    {
+        MutexLock lock(mu_);
+        if (use == Use::quick) {
+            while (quick_busy_ >= size_)
+                quick_cv_.wait(lock.native());
+            ++quick_busy_;
+        } else {
+            ++waits_;
+        }
+        if (!idle_.empty()) {
+            slot = std::move(idle_.back());
+            idle_.pop_back();
+        }
+    }
+    if (slot && looks_alive(*slot->conn))
+        return Handle(this, std::move(slot), use, true);
+    // Died while idle: close it (outside the mutex) and open a new one.
+    slot.reset();
+    try {
+        return Handle(this, open_connection(), use, false);
+    } catch (...) {
+        give_back(nullptr, use);
+        throw;
+    }
+}
+
+// Connect, silence notices, turn off libpqxx's own reconnects, prepare.
+std::unique_ptr<PooledSlot> ConnectionPool::open_connection() {
+    auto slot = std::make_unique<PooledSlot>();
+    try {
+        slot->conn = std::make_unique<pqxx::connection>(conninfo_);
+    } catch (const std::exception &e) {
+        throw_connect_error(e.what(), conninfo_);
+    }
+    slot->quiet = std::make_unique<pqxx::quiet_errorhandler>(*slot->conn);
+    // libpqxx 6 would otherwise reconnect a broken connection by itself; we
+    // want to see the break and replace the connection ourselves.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    slot->conn->inhibit_reactivation(true);
+#pragma GCC diagnostic pop
+    if (setup_)
+        setup_(*slot->conn);
+    return slot;
+}
+
+// Keep the connection, trim the idle surplus once no wait is in flight, and
+// let a blocked quick checkout go.
+void ConnectionPool::give_back(std::unique_ptr<PooledSlot> slot, Use use) noexcept {
+    std::deque<std::unique_ptr<PooledSlot>> surplus;  // closed after unlocking
+    {
+        MutexLock lock(mu_);
+        if (use == Use::quick)
+            --quick_busy_;
+        else
+            --waits_;
+        if (slot)
+            idle_.push_back(std::move(slot));
+        while (waits_ == 0 && idle_.size() > size_) {
+            surplus.push_back(std::move(idle_.front()));
+            idle_.pop_front();
+        }
+    }
+    if (use == Use::quick)
+        quick_cv_.notify_one();
+}
+
+// ---- Shared by postgres_backend.cpp and pg_transaction.cpp ------------------
+
+// The SQLSTATE of a failure; libpqxx 6 leaves it empty on some of its
+// exception classes, so those are mapped back from the class.
+std::string sqlstate_of(const pqxx::failure &e) {
+    if (const auto *sql = dynamic_cast<const pqxx::sql_error *>(&e);
+        sql && !sql->sqlstate().empty())
+        return sql->sqlstate();
+    if (dynamic_cast<const pqxx::insufficient_privilege *>(&e) != nullptr)
+        return "42501";
+    if (dynamic_cast<const pqxx::undefined_function *>(&e) != nullptr)
+        return "42883";
+    if (dynamic_cast<const pqxx::undefined_table *>(&e) != nullptr)
+        return "42P01";
+    return {};
+}
+
+// "<hostname>:<pid>", computed once.
+const std::string &default_owner() {
+    static const std::string owner = [] {
+        std::array<char, 256> host{};
+        if (gethostname(host.data(), host.size() - 1) != 0)
+            host[0] = '\0';
+        return std::string(host.data()) + ":" + std::to_string(getpid());
+    }();
+    return owner;
+}
+
+// Broken connection, unknown commit outcome, class 08 or an administrator shutdown.
+bool connection_lost(const pqxx::failure &e, pqxx::connection_base &conn) {
+    if (dynamic_cast<const pqxx::broken_connection *>(&e) != nullptr ||
+        dynamic_cast<const pqxx::in_doubt_error *>(&e) != nullptr ||
+        dynamic_cast<const pqxx::statement_completion_unknown *>(&e) != nullptr)
+        return true;
+    const std::string state = sqlstate_of(e);
+    if (state.starts_with("08") || state == "57P01" || state == "57P02" || state == "57P03")
+        return true;
+    return !conn.is_open();
+}
+
+// SQLSTATE to lockext error (see postgres_backend.cpp).
+void throw_mapped(const pqxx::failure &e, bool lost, const std::string &db) {
+    const std::string message = clean_message(e.what());
+    if (lost)
+        throw BackendUnavailable("PostgreSQL connection lost: " + message);
+    const std::string state = sqlstate_of(e);
+    if (state == "22023" || state == "22004" || state == "42622" || state == "55000" ||
+        state == "55P03" || state == "22008")
+        throw InvalidArgument(message);
+    if (state == "42501")
+        throw InvalidArgument("permission denied: " + message);
+    if (state == "42883" || state == "3F000" || state == "42P01")
+        throw InvalidArgument("lockext extension is not installed in database \"" + db +
+                              "\": " + message);
+    if (state.starts_with("53") || state == "57014")
+        throw BackendUnavailable("PostgreSQL: " + message);
+    throw Error("PostgreSQL error" + (state.empty() ? std::string() : " " + state) + ": " +
+                message);
+}
+
+}  // namespace lockext::detail

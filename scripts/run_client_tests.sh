@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Client tests: build client/ three times and run its Boost.Test suite
+# against every backend it supports, on private servers this script starts.
+#   1. g++, optimised: memory:, then a private PostgreSQL;
+#   2. clang with -Wthread-safety (errors) and ThreadSanitizer: the same runs;
+#   3. g++ with AddressSanitizer and UBSan: the same runs;
+# then installs the library into a temp prefix and builds a consumer against
+# it through find_package(lockext) and through pkg-config.
+# Exits non-zero on the first failure.
+# Env: LOCKEXT_CLIENT_SANITIZERS=0 skips builds 2 and 3 (quick local runs).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ensure_packages cmake pkg-config clang libpqxx-dev libboost-test-dev prometheus
+WORK=$(mktemp -d /tmp/lockext-client.XXXXXX)
+JOBS=$(nproc)
+
+# Stop the server and remove the build trees; the EXIT trap.
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Configure and build the client in $WORK/$1 with compiler $2 and flags $3.
+build() {
+    local dir=$WORK/$1 cxx=$2 flags=$3
+    echo "== building client ($1)"
+    cmake -S "$LOCKEXT_ROOT/client" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" >"$dir.log" 2>&1 ||
+        { cat "$dir.log"; return 1; }
+    cmake --build "$dir" -j "$JOBS" >>"$dir.log" 2>&1 || { tail -60 "$dir.log"; return 1; }
+}
+
+# Run build $1's test binary against URL $2.
+run_tests() {
+    echo "== client tests ($1) against ${2%%\?*}"
+    LOCKEXT_TEST_URL=$2 "$WORK/$1/lockext_client_tests" --log_level=error --report_level=short \
+        --color_output=no
+}
+
+# Build a consumer of the installed package both ways and run it.
+check_package() {
+    local prefix=$WORK/prefix app=$WORK/consumer
+    echo "== install + find_package(lockext) + pkg-config"
+    cmake --install "$WORK/release" --prefix "$prefix" >/dev/null
+    mkdir -p "$app"
+    cat >"$app/main.cpp" <<'EOF'
+#include <lockext/lockext.hpp>
+#include <iostream>
+int main() {
+    auto locks = lockext::connect("memory:");
+    auto lock = locks->acquire("consumer");
+    std::cout << "token " << lock.token() << "\n";
+    return lock.release() ? 0 : 1;
+}
+EOF
+    cat >"$app/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.22)
+project(consumer CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(lockext REQUIRED)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE lockext::client)
+EOF
+    cmake -S "$app" -B "$app/build" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null &&
+        cmake --build "$app/build" >/dev/null && "$app/build/consumer" || return 1
+    PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" \
+        g++ -o "$app/consumer-pc" "$app/main.cpp" $(PKG_CONFIG_PATH="$prefix/lib/pkgconfig:$prefix/lib/x86_64-linux-gnu/pkgconfig" pkg-config --cflags --libs lockext) &&
+        "$app/consumer-pc" || return 1
+}
+
+build release g++ "" || exit 1
+if [ "${LOCKEXT_CLIENT_SANITIZERS:-1}" != 0 ]; then
+    build tsan clang++ "-fsanitize=thread -O1 -g" || exit 1
+    build asan g++ "-fsanitize=address,undefined -fno-omit-frame-pointer -O1 -g" || exit 1
+fi
+
+start_server
+psql -X -q -c "CREATE EXTENSION lockext" || exit 1
+PG_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
+
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+export ASAN_OPTIONS="detect_leaks=1 halt_on_error=1"
+export UBSAN_OPTIONS="halt_on_error=1 print_stacktrace=1"
+builds=(release)
+[ "${LOCKEXT_CLIENT_SANITIZERS:-1}" != 0 ] && builds+=(tsan asan)
+for b in "${builds[@]}"; do
+    run_tests "$b" "memory:" || exit 1
+    run_tests "$b" "$PG_URL" || exit 1
+done
+check_package || exit 1
+echo "== client tests passed"
