@@ -129,18 +129,21 @@ const char *stmt_sql(int stmt) {
             return "DELETE FROM lockext.job_keys jk WHERE jk.queue = $1 AND jk.key = $2 "
                    "AND jk.jobs <= 0";
         case kPromote:
-            // The key's earliest job is next: a key's ready or running job is
-            // always its earliest, so an earliest 'waiting' job means none is.
+            // The key's next job is its earliest after the one just finished
+            // ($2): that one was the key's head (only a head runs), so every
+            // live job of the key comes after it. Starting the index scan there
+            // also steps over the dead entries of the key's finished jobs,
+            // which after heavy churn outnumber its live ones until vacuum.
             return "UPDATE lockext.%1$s j "
                    "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
-                   "WHERE j.id = (SELECT w.id FROM lockext.%1$s w WHERE w.key = $1 "
+                   "WHERE j.id = (SELECT w.id FROM lockext.%1$s w WHERE w.key = $1 AND w.id > $2 "
                    "ORDER BY w.id LIMIT 1) AND j.state = 'waiting'";
         case kLockMany:
             return "SELECT 1 FROM lockext.%s j WHERE j.id = ANY ($1) ORDER BY j.id FOR UPDATE";
         case kDeleteMany:
             return "DELETE FROM lockext.%s j WHERE j.id = ANY ($1) AND j.state = 'running' "
                    "AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest($1, $2) AS d(id, "
-                   "token)) RETURNING j.key";
+                   "token)) RETURNING j.key, j.id";
         case kKeysLock:
             return "SELECT 1 FROM lockext.job_keys k WHERE k.queue = $1 AND k.key = ANY ($2) "
                    "ORDER BY k.key FOR UPDATE";
@@ -154,9 +157,9 @@ const char *stmt_sql(int stmt) {
         case kPromoteMany:
             return "UPDATE lockext.%1$s j "
                    "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
-                   "FROM (SELECT DISTINCT u.key FROM unnest($1) AS u(key)) ks "
+                   "FROM unnest($1, $2) AS ks(key, after) "
                    "CROSS JOIN LATERAL (SELECT w.id, w.state FROM lockext.%1$s w "
-                   "WHERE w.key = ks.key ORDER BY w.id LIMIT 1) head "
+                   "WHERE w.key = ks.key AND w.id > ks.after ORDER BY w.id LIMIT 1) head "
                    "WHERE head.state = 'waiting' AND j.id = head.id AND j.state = 'waiting'";
         case kExpired:
             return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
@@ -202,7 +205,8 @@ int stmt_params(int stmt, Oid *types) {
             return 2;
         case kPromote:
             types[0] = TEXTOID;
-            return 1;
+            types[1] = INT8OID;
+            return 2;
         case kLockMany:
             types[0] = INT8ARRAYOID;
             return 1;
@@ -218,7 +222,8 @@ int stmt_params(int stmt, Oid *types) {
             return 2;
         case kPromoteMany:
             types[0] = TEXTARRAYOID;
-            return 1;
+            types[1] = INT8ARRAYOID;
+            return 2;
         case kExpired:
             types[0] = TEXTOID;
             types[1] = INT4OID;
@@ -351,6 +356,11 @@ int pin_settings() {
     (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
                             GUC_ACTION_SAVE, true, 0, false);
     (void)set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+                            true, 0, false);
+    // Every statement here is an index lookup or a short range on one key;
+    // with churned statistics the planner otherwise picks bitmap scans over
+    // the id index that read every later job of the partition.
+    (void)set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
                             true, 0, false);
     return level;
 }
@@ -582,7 +592,7 @@ Datum complete_impl(FunctionCallInfo fcinfo) {
             if (gone) {
                 run(kKeyDrop, nullptr, kargs, nullptr);
             } else {
-                Datum pargs[1] = {key};
+                Datum pargs[2] = {key, Int64GetDatum(id)};
                 run(kPromote, leaf, pargs, nullptr);
                 promoted = SPI_processed > 0;
             }
@@ -640,8 +650,9 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
     Oid nsp = get_namespace_oid(kSchema, false);
     Datum *id_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
     Datum *tok_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
-    // keys[i] is the key of a finished job, key_rem[i] its leaf.
+    // keys[i] is the key of a finished job, key_ids[i] its id, key_rem[i] its leaf.
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
+    Datum *key_ids = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
     int64 *key_rem = static_cast<int64 *>(palloc(sizeof(int64) * (valid + 1)));
     int nkeys = 0, done = 0, start = 0;
     bool isnull;
@@ -667,6 +678,7 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
                 Datum key = result(static_cast<int>(r), 1, &isnull);
                 if (!isnull) {
                     key_rem[nkeys] = rem;
+                    key_ids[nkeys] = result(static_cast<int>(r), 2, &isnull);
                     keys[nkeys++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
                 }
             }
@@ -689,7 +701,9 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
                 e++;
             ArrayType *leaf_keys =
                 construct_array(keys + k, e - k, TEXTOID, -1, false, TYPALIGN_INT);
-            Datum pargs[1] = {PointerGetDatum(leaf_keys)};
+            ArrayType *leaf_ids =
+                construct_array(key_ids + k, e - k, INT8OID, 8, true, TYPALIGN_DOUBLE);
+            Datum pargs[2] = {PointerGetDatum(leaf_keys), PointerGetDatum(leaf_ids)};
             run(kPromoteMany, leaf_name(queue, key_rem[k]), pargs, nullptr);
             promoted |= SPI_processed > 0;
             k = e;
