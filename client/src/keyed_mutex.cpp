@@ -89,6 +89,9 @@ struct alignas(64) KeyedShard {
     // Link a new entry for key (refs 0, not held). Throws std::bad_alloc and
     // then leaves the table unchanged.
     KeyedEntry *insert(std::string_view key, std::size_t hash) REQUIRES(mu);
+    // The entry for key, created if needed, with the caller counted in its
+    // refs (so it outlives the caller's wait).
+    KeyedEntry *join(std::string_view key, std::size_t hash) REQUIRES(mu);
     // Unlink an entry whose refs reached 0 and recycle it.
     void remove(KeyedEntry *entry) REQUIRES(mu);
     // Move every entry into a table of new_count buckets (a power of two).
@@ -114,6 +117,15 @@ KeyedEntry *KeyedShard::find(std::string_view key, std::size_t hash) {
             return e;
     }
     return nullptr;
+}
+
+// Find or create key's entry and count the caller in.
+KeyedEntry *KeyedShard::join(std::string_view key, std::size_t hash) {
+    KeyedEntry *entry = find(key, hash);
+    if (entry == nullptr)
+        entry = insert(key, hash);
+    ++entry->refs;
+    return entry;
 }
 
 KeyedEntry *KeyedShard::insert(std::string_view key, std::size_t hash) {
@@ -253,20 +265,19 @@ KeyedShard &KeyedMutex::shard_for(std::size_t hash) const noexcept {
     return shards_[(mixed >> 32) & (shard_count_ - 1)];
 }
 
+// Block until key is free, then hold it.
 KeyedMutex::Guard KeyedMutex::lock(std::string_view key) {
     const std::size_t hash = detail::hash_key(key);
     KeyedShard &shard = shard_for(hash);
     MutexLock lock(shard.mu);
-    KeyedEntry *entry = shard.find(key, hash);
-    if (entry == nullptr)
-        entry = shard.insert(key, hash);
-    ++entry->refs;
+    KeyedEntry *entry = shard.join(key, hash);
     while (entry->held)
         entry->cv.wait(lock.native());
     entry->held = true;
     return Guard(&shard, entry);
 }
 
+// Hold key if it is free now; empty otherwise.
 std::optional<KeyedMutex::Guard> KeyedMutex::try_lock(std::string_view key) {
     const std::size_t hash = detail::hash_key(key);
     KeyedShard &shard = shard_for(hash);
@@ -281,15 +292,13 @@ std::optional<KeyedMutex::Guard> KeyedMutex::try_lock(std::string_view key) {
     return Guard(&shard, entry);
 }
 
+// Wait for key until deadline; empty if it is still held then.
 std::optional<KeyedMutex::Guard> KeyedMutex::try_lock_until(
     std::string_view key, std::chrono::steady_clock::time_point deadline) {
     const std::size_t hash = detail::hash_key(key);
     KeyedShard &shard = shard_for(hash);
     MutexLock lock(shard.mu);
-    KeyedEntry *entry = shard.find(key, hash);
-    if (entry == nullptr)
-        entry = shard.insert(key, hash);
-    ++entry->refs;
+    KeyedEntry *entry = shard.join(key, hash);
     while (entry->held) {
         if (entry->cv.wait_until(lock.native(), deadline) == std::cv_status::timeout &&
             entry->held) {
@@ -303,6 +312,7 @@ std::optional<KeyedMutex::Guard> KeyedMutex::try_lock_until(
     return Guard(&shard, entry);
 }
 
+// Live entries over all shards (held or waited for).
 std::size_t KeyedMutex::size() const {
     std::size_t total = 0;
     for (std::size_t i = 0; i < shard_count_; ++i) {
