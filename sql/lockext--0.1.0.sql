@@ -238,6 +238,13 @@ END $$;
 CREATE FUNCTION @extschema@.queue_channel(queue text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'lockext_queue_' || queue $$;
 
+-- NOTIFY the queue's channel once this transaction has committed, through
+-- the database's notifier worker (see src/queue_notify.cpp for why).
+CREATE FUNCTION @extschema@._notify_after_commit(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_notify_after_commit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
 -- Insert jobs in array order (ids rise in that order); each key's first
 -- job is ready only if the key had none. Returns the ids.
 CREATE FUNCTION @extschema@._insert_jobs(p_queue text, p_payloads jsonb[], p_keys text[],
@@ -272,7 +279,7 @@ BEGIN
                coalesce(p_max_attempts[o.i], 5)
           FROM ordered o
         RETURNING j.id;
-    PERFORM pg_notify(@extschema@.queue_channel(p_queue), '');
+    PERFORM @extschema@._notify_after_commit(p_queue);
 END $$;
 
 -- Finished jobs of these keys (one entry per job) have left the jobs table:
@@ -302,11 +309,11 @@ BEGIN
      WHERE head.state = 'waiting' AND j.queue = p_queue AND j.id = head.id AND j.key = k.key
        AND j.state = 'waiting';
     IF FOUND THEN
-        PERFORM pg_notify(@extschema@.queue_channel(p_queue), '');
+        PERFORM @extschema@._notify_after_commit(p_queue);
     END IF;
 END $$;
 
--- Enqueue one job; returns its id. NOTIFY fires at commit. (The same rules
+-- Enqueue one job; returns its id. Workers are notified after commit. (The same rules
 -- as _insert_jobs, in C: this is the hot path; see src/queue_ops.cpp.)
 CREATE FUNCTION @extschema@.enqueue(queue text, payload jsonb, key text DEFAULT NULL,
                                     run_at timestamptz DEFAULT now(), priority int DEFAULT 0,

@@ -33,7 +33,9 @@
 //     granting backends (state := granted), always under table_lock.
 //
 // Everything above is created by the postmaster in the shmem_startup_hook
-// under AddinShmemInitLock, and re-created after a crash restart.
+// under AddinShmemInitLock, and re-created after a crash restart. So is the
+// queue notifier's state, whose protocol is at the top of
+// src/queue_notify.cpp (it has a lock of its own, never held with these).
 extern "C" {
 #include "postgres.h"
 
@@ -49,6 +51,7 @@ extern "C" {
 }
 
 #include "lockext/lock_shmem.hpp"
+#include "lockext/queue_notify.hpp"
 
 extern "C" {
 PG_MODULE_MAGIC;
@@ -79,12 +82,18 @@ static Size shared_size() {
     return size;
 }
 
+// Bytes of everything the module puts in shared memory.
+static Size module_shared_size() {
+    return add_size(shared_size(), lockext_notify_shmem_size());
+}
+
 // Ask the postmaster for our shared memory and LWLocks.
 static void lockext_shmem_request() {
     if (prev_shmem_request_hook)
         prev_shmem_request_hook();
-    RequestAddinShmemSpace(shared_size());
-    RequestNamedLWLockTranche("lockext", 2);
+    RequestAddinShmemSpace(module_shared_size());
+    // table_lock, state_lock, and the queue notifier's lock.
+    RequestNamedLWLockTranche("lockext", 3);
 }
 
 // Create (or attach to) the shared block; seed tokens from the state file.
@@ -109,6 +118,7 @@ static void lockext_shmem_startup() {
         lockext_shared->table = lockext::LockTable::create(p, lockext_max_locks, waiter_slots());
         lockext_durable_startup(lockext_shared);
     }
+    lockext_notify_shmem_init(&GetNamedLWLockTranche("lockext")[2].lock);
     LWLockRelease(AddinShmemInitLock);
 }
 

@@ -27,7 +27,6 @@ extern "C" {
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -50,6 +49,7 @@ extern "C" {
 }
 
 #include "lockext/pg_guard.hpp"
+#include "lockext/queue_notify.hpp"
 
 namespace {
 
@@ -365,11 +365,6 @@ int pin_settings() {
     return level;
 }
 
-// Announce new ready jobs of `queue` to its LISTEN channel (sent at commit).
-void notify(const char *queue) {
-    Async_Notify(psprintf("lockext_queue_%s", queue), "");
-}
-
 // Enqueue one job; see lockext.enqueue.
 Datum enqueue_impl(FunctionCallInfo fcinfo) {
     char *queue = queue_arg(fcinfo, 0);
@@ -413,7 +408,7 @@ Datum enqueue_impl(FunctionCallInfo fcinfo) {
 
     SPI_finish();
     AtEOXact_GUC(true, level);
-    notify(queue);
+    lockext_notify_after_commit(queue);
     PG_RETURN_INT64(id);
 }
 
@@ -601,7 +596,7 @@ Datum complete_impl(FunctionCallInfo fcinfo) {
     SPI_finish();
     AtEOXact_GUC(true, level);
     if (promoted)
-        notify(queue);
+        lockext_notify_after_commit(queue);
     PG_RETURN_BOOL(done);
 }
 
@@ -709,7 +704,7 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
             k = e;
         }
         if (promoted)
-            notify(queue);
+            lockext_notify_after_commit(queue);
     }
     SPI_finish();
     AtEOXact_GUC(true, level);

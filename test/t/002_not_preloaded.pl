@@ -47,6 +47,17 @@ foreach my $sql (
 my ($rc, $stderr) = run_verbose("LOAD 'lockext';\nSELECT lockext.acquire('x')");
 like($stderr, qr/ERROR:\s+55000/, 'after LOAD, acquire still fails with 55000');
 
+# Queues need no shared memory: without it, enqueue sends its wakeup with
+# NOTIFY in its own transaction, and the whole cycle works.
+is( $node->safe_psql(
+		'postgres', q{
+SELECT lockext.create_queue('plain');
+SELECT lockext.enqueue('plain', '{"n": 1}', 'k') > 0;
+SELECT lockext.complete('plain', id, token) FROM lockext.dequeue('plain');
+}),
+	"\nt\nt",
+	'queues work without preloading');
+
 # The server survived all of that.
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'server still answers');
 
