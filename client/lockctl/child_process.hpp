@@ -1,0 +1,50 @@
+// lockctl: start a command as a child process and wait for it without polling.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace lockctl {
+
+// A running child: its pid and a pidfd that becomes readable when it exits.
+class Child {
+  public:
+    // Start argv[0] (searched in PATH) with `env` added to this process's
+    // environment, `input` on its stdin (nullptr: inherit stdin), and the
+    // signal mask and dispositions a fresh process expects. Throws Failure
+    // 127 (not found) or 126 (cannot execute).
+    Child(const std::vector<std::string> &argv,
+          const std::vector<std::pair<std::string, std::string>> &env, const std::string *input);
+    ~Child();
+    Child(const Child &) = delete;
+    Child &operator=(const Child &) = delete;
+
+    pid_t pid() const {
+        return pid_;
+    }
+    // Readable (POLLIN) once the child has exited.
+    int exit_fd() const {
+        return pidfd_;
+    }
+    // Wait up to `timeout` for the child to exit; true if it has.
+    bool wait_for(std::chrono::milliseconds timeout);
+    // Reap the exited child: its exit status, or 128 + N when signal N killed it.
+    int reap();
+    // Send `signal` to the child if it still runs.
+    void signal(int signal);
+    // SIGTERM, then SIGKILL after `grace`; reaps it and returns its status.
+    int terminate(std::chrono::milliseconds grace);
+
+  private:
+    pid_t pid_ = -1;
+    int pidfd_ = -1;
+    bool reaped_ = false;
+    int status_ = 0;
+};
+
+}  // namespace lockctl
