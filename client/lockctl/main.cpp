@@ -81,8 +81,9 @@ Release the lease on NAME held with fencing token T (postgres backend: any
 session may end a lease it knows the token of). Exit 1 when that token does
 not hold NAME.
 
-Example:
+Examples:
   lockctl release nightly-report --token 1700000000123456 --url postgres:///app
+  LOCKEXT_URL=postgres:///app lockctl release db-migrate --token "$TOKEN"
 )";
 
 constexpr const char *kForceReleaseHelp = R"(Usage: lockctl force-release NAME
@@ -91,8 +92,9 @@ Release every holder of NAME, whatever its token (needs EXECUTE on
 lockext.force_release; exit 77 without it). A `lockctl run` whose lease this
 ends stops its command and exits 76. Exit 1 when NAME had no holders.
 
-Example:
+Examples:
   lockctl force-release stuck-job --url postgres:///app
+  lockctl holders && lockctl force-release nightly-report
 )";
 
 constexpr const char *kEnqueueHelp = R"(Usage: lockctl enqueue QUEUE [OPTIONS] PAYLOAD_JSON

@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# End-to-end tests of lockctl: drive the real binary as a user would, against
+# the private PostgreSQL server whose URL is in $LOCKEXT_URL (started by
+# scripts/run_lockctl_tests.sh), with the binary in $LOCKCTL. Every check
+# reads what the commands printed, wrote or returned; the summary line is
+# "lockctl tests: N passed, M failed".
+set -u
+
+: "${LOCKCTL:?path of the lockctl binary}" "${LOCKEXT_URL:?postgres URL of a server with lockext}"
+WORK=$(mktemp -d /tmp/lockctl-test.XXXXXX)
+PASSED=0
+FAILED=0
+TMUX_SOCKET="lockctl-test-$$"
+
+# Remove the work dir and any tmux server of ours; the EXIT trap.
+cleanup() {
+    tmux -L "$TMUX_SOCKET" kill-server 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Record check $1 as passed when the rest of the arguments (a command) succeed.
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        PASSED=$((PASSED + 1))
+        echo "ok - $name"
+    else
+        FAILED=$((FAILED + 1))
+        echo "not ok - $name"
+    fi
+}
+
+# Whether $1 equals $2 (prints both when not).
+same() {
+    [ "$1" = "$2" ] && return 0
+    echo "    expected: $2" >&2
+    echo "    got:      $1" >&2
+    return 1
+}
+
+# Whether file $1 contains the extended regex $2 (prints the file when not).
+contains() {
+    grep -qE -- "$2" "$1" && return 0
+    echo "    '$2' not found in $1:" >&2
+    sed 's/^/    | /' "$1" >&2
+    return 1
+}
+
+# Run SQL against the test server, unaligned.
+sql() {
+    psql -X -q -A -t -v ON_ERROR_STOP=1 -d "$LOCKEXT_URL" -c "$1"
+}
+
+# Milliseconds since the epoch.
+now_ms() {
+    date +%s%3N
+}
+
+# Wait (up to 10 s) until lock $1 has a holder.
+await_holder() {
+    for _ in $(seq 200); do
+        [ "$(sql "SELECT count(*) FROM lockext.holders WHERE name = '$1'")" -gt 0 ] && return 0
+        sleep 0.05
+    done
+    echo "    no holder of $1 appeared" >&2
+    return 1
+}
+
+# Fetch http://127.0.0.1:$1/metrics into file $2.
+fetch_metrics() {
+    curl -sf "http://127.0.0.1:$1/metrics" -o "$2"
+}
+
+# A TCP port on loopback that nothing listens on now.
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        ss -Hltn "sport = :$port" | grep -q . || break
+    done
+    echo "$port"
+}
+
+echo "== lockctl end-to-end tests ($LOCKCTL)"
+
+# --- run -------------------------------------------------------------------
+
+# Two concurrent runs of one lock serialize: their sections never overlap
+# (each appends start/end lines), and the second's token is higher.
+section='echo "start $LOCKEXT_TOKEN" >> "$0"; sleep 0.4; echo "end $LOCKEXT_TOKEN" >> "$0"'
+"$LOCKCTL" run serial --wait 10s -- sh -c "$section" "$WORK/serial.log" &
+p1=$!
+"$LOCKCTL" run serial --wait 10s -- sh -c "$section" "$WORK/serial.log" &
+p2=$!
+wait $p1; rc1=$?
+wait $p2; rc2=$?
+check "two concurrent runs both succeed" same "$rc1 $rc2" "0 0"
+overlap_free() {
+    awk '$1 == "start" { if (open) exit 1; open = 1; t = $2 }
+         $1 == "end" { if (!open || $2 != t) exit 1; open = 0 }
+         END { if (NR != 4 || open) exit 1 }' "$WORK/serial.log" && return 0
+    sed 's/^/    | /' "$WORK/serial.log" >&2
+    return 1
+}
+check "two concurrent runs serialize (sections never overlap)" overlap_free
+tokens_rise() {
+    awk '$1 == "start" { if ($2 <= last) exit 1; last = $2 }' "$WORK/serial.log"
+}
+check "the later run has the higher fencing token" tokens_rise
+
+# The wait timeout gives the documented status 75, after about the wait.
+"$LOCKCTL" run busy -- sleep 3 &
+holder=$!
+await_holder busy
+t0=$(now_ms)
+"$LOCKCTL" run busy --wait 300ms -- true 2>"$WORK/timeout.err"
+rc=$?
+elapsed=$(($(now_ms) - t0))
+check "a run that times out exits 75" same "$rc" 75
+check "it gave up after about --wait (${elapsed} ms)" test "$elapsed" -ge 250 -a "$elapsed" -lt 2500
+check "it says so in one line" same "$(wc -l <"$WORK/timeout.err")" 1
+"$LOCKCTL" run busy --wait 0 -- true 2>/dev/null
+check "--wait 0 tries once and exits 75" same "$?" 75
+kill "$holder" 2>/dev/null
+wait "$holder" 2>/dev/null
+
+# The command's status passes through; a signal death becomes 128 + N.
+"$LOCKCTL" run status -- sh -c 'exit 7'
+check "the command's exit status passes through" same "$?" 7
+"$LOCKCTL" run status -- sh -c 'kill -KILL $$'
+check "a command killed by SIGKILL gives 137" same "$?" 137
+"$LOCKCTL" run status -- /nonexistent/command 2>/dev/null
+check "a missing command gives 127" same "$?" 127
+
+# The command sees the lock's name and token.
+"$LOCKCTL" run envcheck -- sh -c 'echo "$LOCKEXT_NAME $LOCKEXT_TOKEN"' >"$WORK/env.out"
+check "the command gets LOCKEXT_NAME and LOCKEXT_TOKEN" contains "$WORK/env.out" '^envcheck [0-9]+$'
+
+# force-release while the command runs: lockctl stops it (SIGTERM, which the
+# command records) and exits with the lost-lease status 76.
+"$LOCKCTL" run victim --ttl 1500ms -- sh -c \
+    "trap 'echo terminated >> $WORK/victim.log; exit 0' TERM; while :; do sleep 0.1; done" \
+    2>"$WORK/victim.err" &
+victim=$!
+await_holder victim
+"$LOCKCTL" force-release victim >"$WORK/force.out"
+check "force-release reports the holder it released" contains "$WORK/force.out" "released 1 holder of 'victim'"
+t0=$(now_ms)
+wait "$victim"
+rc=$?
+check "the run whose lease was force-released exits 76" same "$rc" 76
+check "its command got SIGTERM" contains "$WORK/victim.log" '^terminated$'
+check "it noticed within a renewal period ($(($(now_ms) - t0)) ms)" test $(($(now_ms) - t0)) -lt 3000
+check "it explains the loss on stderr" contains "$WORK/victim.err" 'lease on .victim. was lost'
+"$LOCKCTL" force-release victim 2>/dev/null
+check "force-release of a free lock exits 1" same "$?" 1
+
+# A SIGTERM sent to lockctl goes to the command, and the lock is released
+# once the command has ended.
+"$LOCKCTL" run forward -- sh -c \
+    "trap 'echo got-term >> $WORK/forward.log; exit 0' TERM; while :; do sleep 0.1; done" &
+fwd=$!
+await_holder forward
+kill -TERM "$fwd"
+wait "$fwd"
+rc=$?
+check "SIGTERM to lockctl reaches the command" contains "$WORK/forward.log" '^got-term$'
+check "lockctl then exits with the command's status" same "$rc" 0
+check "and the lock is released" same "$(sql "SELECT count(*) FROM lockext.holders WHERE name = 'forward'")" 0
+
+# release by token: the wrong token is refused (1), the right one releases.
+"$LOCKCTL" run bytoken --ttl 5s -- sh -c 'echo $LOCKEXT_TOKEN > "$0"; sleep 5' "$WORK/bytoken.tok" &
+bt=$!
+await_holder bytoken
+"$LOCKCTL" release bytoken --token 1 2>/dev/null
+check "release with a wrong token exits 1" same "$?" 1
+"$LOCKCTL" release bytoken --token "$(cat "$WORK/bytoken.tok")" >/dev/null
+check "release with the holder's token exits 0" same "$?" 0
+kill "$bt" 2>/dev/null
+wait "$bt" 2>/dev/null
+
+# Shared and semaphore modes: three semaphore holders at once with
+# --max-holders 3, and a fourth does not get in.
+for i in 1 2 3; do
+    "$LOCKCTL" run pool --mode semaphore --max-holders 3 -- sleep 2 &
+done
+for _ in $(seq 100); do
+    [ "$(sql "SELECT count(*) FROM lockext.holders WHERE name = 'pool'")" = 3 ] && break
+    sleep 0.05
+done
+check "three semaphore holders at once" same "$(sql "SELECT count(*) FROM lockext.holders WHERE name = 'pool'")" 3
+"$LOCKCTL" run pool --mode semaphore --max-holders 3 --wait 0 -- true 2>/dev/null
+check "a fourth is refused (75)" same "$?" 75
+wait
+
+# --- holders ---------------------------------------------------------------
+
+"$LOCKCTL" run shown --owner tester -- sleep 2 &
+shown=$!
+await_holder shown
+"$LOCKCTL" holders >"$WORK/holders.out"
+check "holders prints the header" contains "$WORK/holders.out" '^NAME +MODE +OWNER +TOKEN +HELD FOR +EXPIRES IN +WAITERS'
+check "holders shows the held lock with its owner" contains "$WORK/holders.out" '^shown +exclusive +tester +[0-9]+ '
+LOCKEXT_URL=memory: "$LOCKCTL" holders 2>"$WORK/mem.err"
+check "holders on a backend without a global view exits 78" same "$?" 78
+check "and says so plainly" contains "$WORK/mem.err" 'memory backend has no global view'
+wait "$shown"
+
+# holders --watch in a real terminal (tmux): the screen shows the table,
+# redraws when a lock is taken and released, and Ctrl-C ends it.
+tmux -L "$TMUX_SOCKET" new-session -d -s watch -x 120 -y 30 \
+    "LOCKEXT_URL='$LOCKEXT_URL' '$LOCKCTL' holders --watch --interval 200ms; echo EXITED \$?; sleep 30"
+screen() {
+    tmux -L "$TMUX_SOCKET" capture-pane -p -t watch
+}
+# Wait (up to 10 s) until the screen matches regex $1.
+await_screen() {
+    for _ in $(seq 100); do
+        screen | grep -qE -- "$1" && return 0
+        sleep 0.1
+    done
+    echo "    screen never showed '$1':" >&2
+    screen | sed 's/^/    | /' >&2
+    return 1
+}
+check "watch draws the header line" await_screen '^lockctl holders \(postgres\) +every 0.2s'
+check "watch shows no locks at first" await_screen '^\(no locks held\)'
+"$LOCKCTL" run watched --owner on-screen -- sleep 1.5 &
+check "watch redraws to show a new holder" await_screen '^watched +exclusive +on-screen +[0-9]+'
+wait
+check "watch redraws when it is released" await_screen '^\(no locks held\)'
+check "the table is drawn in place (one header on screen)" \
+    test "$(screen | grep -c '^NAME ')" = 1
+tmux -L "$TMUX_SOCKET" send-keys -t watch C-c
+check "Ctrl-C ends watch with status 0" await_screen 'EXITED 0$'
+tmux -L "$TMUX_SOCKET" kill-server 2>/dev/null
+
+# --- metrics -----------------------------------------------------------------
+
+port=$(free_port)
+"$LOCKCTL" run metered --metrics-listen "127.0.0.1:$port" -- sleep 1.5 &
+metered=$!
+await_holder metered
+check "run serves /metrics" fetch_metrics "$port" "$WORK/run.metrics"
+check "run's metrics count the acquisition" contains "$WORK/run.metrics" '^lockext_acquire_total\{.*result="acquired".*\} 1'
+check "run's metrics pass promtool check metrics" promtool check metrics <"$WORK/run.metrics"
+wait "$metered"
+
+# --- queues ------------------------------------------------------------------
+
+sql "SELECT lockext.create_queue('lockctl_jobs')" >/dev/null
+# Keyed jobs: 3 keys x 4 jobs; the command fails the first attempt of every
+# job whose n is 2, and every attempt of the job 'poison' (2 attempts).
+for n in 1 2 3 4; do
+    for k in a b c; do
+        "$LOCKCTL" enqueue lockctl_jobs --key "$k" "{\"k\": \"$k\", \"n\": $n}" >>"$WORK/ids"
+    done
+done
+"$LOCKCTL" enqueue lockctl_jobs --key p --max-attempts 2 '{"poison": true}' >>"$WORK/ids"
+check "enqueue prints each job's id" test "$(grep -cE '^[0-9]+$' "$WORK/ids")" = 13
+cat >"$WORK/job.sh" <<'EOF'
+#!/bin/sh
+# A job: record the payload; fail attempt 1 of n = 2, and every poison attempt.
+payload=$(cat)
+echo "$LOCKEXT_JOB_KEY $LOCKEXT_JOB_ATTEMPT $payload" >> "$JOB_LOG"
+case "$payload" in
+    *poison*) exit 3 ;;
+    *'"n": 2'*) [ "$LOCKEXT_JOB_ATTEMPT" = 1 ] && exit 1 ;;
+esac
+exit 0
+EOF
+chmod +x "$WORK/job.sh"
+port=$(free_port)
+JOB_LOG=$WORK/jobs.log "$LOCKCTL" work lockctl_jobs --concurrency 4 --until-empty \
+    --metrics-listen "127.0.0.1:$port" -- "$WORK/job.sh" 2>"$WORK/work.err" &
+worker=$!
+for _ in $(seq 100); do fetch_metrics "$port" "$WORK/work.metrics" && break; sleep 0.05; done
+check "work's metrics pass promtool check metrics" promtool check metrics <"$WORK/work.metrics"
+wait "$worker"
+rc=$?
+check "work --until-empty exits 0 when the queue is done" same "$rc" 0
+check "work stays quiet on stderr when not on a terminal" same "$(wc -c <"$WORK/work.err")" 0
+check "every job that can succeed completed" \
+    same "$(sql "SELECT ready + scheduled + running + retrying FROM lockext.queue_stats WHERE queue = 'lockctl_jobs'")" 0
+check "the poison job is dead after its 2 attempts" \
+    same "$(sql "SELECT attempt || ' ' || last_error FROM lockext.dead_jobs WHERE queue = 'lockctl_jobs'")" "2 exit status 3"
+check "a failed first attempt was retried" contains "$WORK/jobs.log" '^a 2 \{"k": "a", "n": 2\}$'
+# Per key, the successful runs come in enqueue order, and no job of a key
+# starts before the previous one of that key has succeeded.
+per_key_order() {
+    awk '$1 != "p" { key = $1; n = $NF; sub(/}/, "", n)
+             if (n < last[key]) { print "    key " key ": n " n " after " last[key] > "/dev/stderr"; bad = 1 }
+             last[key] = n }
+         END { exit bad }' "$WORK/jobs.log"
+}
+check "per-key order holds in the command's own log" per_key_order
+
+# Bad input to enqueue: one line, a clear status.
+"$LOCKCTL" enqueue lockctl_jobs '{not json' 2>"$WORK/badjson.err"
+check "enqueue of bad JSON exits 65" same "$?" 65
+check "with one line on stderr" same "$(wc -l <"$WORK/badjson.err")" 1
+"$LOCKCTL" enqueue no_such_queue '{}' 2>/dev/null
+check "enqueue into an unknown queue exits 65" same "$?" 65
+LOCKEXT_URL=memory: "$LOCKCTL" work lockctl_jobs -- true 2>/dev/null
+check "work on a backend without queues exits 78" same "$?" 78
+
+# --- usage errors: one clear line on stderr and status 64 ----------------------
+
+usage_case() {
+    local label=$1
+    shift
+    "$LOCKCTL" "$@" >/dev/null 2>"$WORK/usage.err"
+    local rc=$?
+    check "$label exits 64" same "$rc" 64
+    check "$label prints one line" same "$(wc -l <"$WORK/usage.err")" 1
+}
+usage_case "an unknown command" frobnicate
+usage_case "a bad duration" run x --ttl 10parsecs -- true
+usage_case "a negative-looking duration" run x --wait -5s -- true
+usage_case "an unknown option" run x --frob 1 -- true
+usage_case "a bad URL scheme" run x --url bogus://host -- true
+usage_case "a URL without a scheme" holders --url not-a-url
+usage_case "a bad mode" run x --mode upside-down -- true
+usage_case "run without a command" run x
+usage_case "a bad --metrics-listen" run x --metrics-listen nowhere -- true
+"$LOCKCTL" run x --url "postgresql://127.0.0.1:1/none?connect_timeout=2" -- true 2>"$WORK/unreach.err"
+check "an unreachable server exits 69" same "$?" 69
+check "with one line on stderr" same "$(wc -l <"$WORK/unreach.err")" 1
+"$LOCKCTL" run --help >"$WORK/help.out"
+check "run --help shows examples" contains "$WORK/help.out" '^Examples:'
+for cmd in holders release force-release enqueue work; do
+    "$LOCKCTL" "$cmd" --help >"$WORK/help.out"
+    check "$cmd --help shows examples" contains "$WORK/help.out" '^Examples:'
+done
+
+echo "lockctl tests: $PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]
