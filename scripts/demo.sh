@@ -1,62 +1,83 @@
 #!/usr/bin/env bash
-# The main job: a short demo of lockext against a private PostgreSQL server
-# that this script starts (and stops). Two sessions contend for one lease,
-# the lock is handed over, and the views show who holds and who waits.
+# The main job: lockctl against a private PostgreSQL with lockext, which this
+# script starts and stops.
+#   1. three `lockctl run` processes contend for one lock: the handoffs and
+#      the rising fencing tokens;
+#   2. `lockctl holders` while they run;
+#   3. a queue filled with keyed jobs, worked by `lockctl work` at
+#      concurrency 4: per-key order, read back from the jobs' own output.
+# Builds lockctl once into /tmp/lockext-client-build-<checkout hash> (reused
+# by later runs from the same checkout).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Run SQL quietly and print the result rows only.
-q() {
-    psql -X -q -A -t -v ON_ERROR_STOP=1 -c "$1"
-}
-
-# Run SQL and print a table.
-show() {
-    psql -X -q -v ON_ERROR_STOP=1 -P null='-' -c "$1"
-}
-
-ensure_packages
+BUILD=/tmp/lockext-client-build-$(echo "$LOCKEXT_ROOT" | md5sum | cut -c1-8)
+ensure_packages cmake pkg-config libpqxx-dev
+echo "== building lockctl (first run only; later runs reuse $BUILD)"
+cmake -S "$LOCKEXT_ROOT/client" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DLOCKEXT_BUILD_TESTS=OFF >"$BUILD.log" 2>&1 &&
+    cmake --build "$BUILD" -j "$(nproc)" --target lockctl >>"$BUILD.log" 2>&1 ||
+    { tail -40 "$BUILD.log"; exit 1; }
 build_and_install
 start_server
-q "CREATE EXTENSION lockext" >/dev/null
+psql -X -q -c "CREATE EXTENSION lockext" || exit 1
+export LOCKEXT_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
+lockctl() { "$BUILD/lockctl" "$@"; }
+OUT=$(mktemp -d /tmp/lockext-demo.XXXXXX)
+trap 'stop_server; rm -rf "$OUT"' EXIT
+started=$(date +%s%N)
 
 echo
-echo "== Session A takes the lease 'nightly-report' for 30 s"
-token_a=$(PGAPPNAME=worker-a q "SELECT lockext.acquire('nightly-report', '30 s', owner => 'worker-a')")
-echo "   A holds it with fencing token $token_a"
-
-echo "== Session B asks for it, ready to wait up to 10 s (the wait is server-side)"
-b_out=$(mktemp)
-(PGAPPNAME=worker-b q "SELECT lockext.acquire('nightly-report', '30 s', '10 s', owner => 'worker-b'), extract(epoch FROM clock_timestamp())" >"$b_out") &
-b_pid=$!
-for _ in $(seq 200); do
-    [ "$(q "SELECT count(*) FROM lockext.waiters")" = 1 ] && break
-    sleep 0.01
+echo "== 1. Three workers start the nightly report at once; the lock lets one run at a time"
+echo "   lockctl run nightly-report --wait 30s -- ./report.sh   (x3)"
+for w in A B C; do
+    lockctl run nightly-report --ttl 10s --wait 30s --owner "worker-$w" -- sh -c '
+        echo "$(date +%T.%3N)  worker-'$w' runs the report, fencing token $LOCKEXT_TOKEN"
+        sleep 0.8
+        echo "$(date +%T.%3N)  worker-'$w' done"' >>"$OUT/run.log" &
 done
-show "SELECT name, owner, mode, scope, application_name, expires_at - now() AS time_left FROM lockext.holders"
-show "SELECT name, owner, position, now() - waiting_since AS waiting_for FROM lockext.waiters"
+sleep 0.4
 
-echo "== A finishes and releases; the lock is handed to B at once"
-released_at=$(q "SELECT extract(epoch FROM clock_timestamp()) FROM (SELECT lockext.release('nightly-report', $token_a)) r")
-wait "$b_pid"
-IFS='|' read -r token_b granted_at <"$b_out"
-rm -f "$b_out"
-echo "   B holds it with token $token_b (higher than A's $token_a)," \
-     "$(awk -v a="$released_at" -v b="$granted_at" 'BEGIN { printf "%.2f", (b - a) * 1000 }') ms after the release"
+echo
+echo "== 2. lockctl holders (one holds the lock; the other two wait)"
+lockctl holders | sed 's/^/   /'
+wait
+echo
+echo "   What the three runs printed:"
+sed 's/^/   /' "$OUT/run.log"
+tokens=$(grep -o 'token [0-9]*' "$OUT/run.log" | awk '{ print $2 }' | paste -sd' ')
+echo "   Tokens in run order: $tokens"
+echo "   Each handoff gets a higher token, so storage fenced by it can refuse a stale holder."
 
-echo "== A's token is now stale: a fenced resource would reject it"
-echo "   renew with A's token:   $(q "SELECT coalesce(lockext.renew('nightly-report', $token_a)::text, 'NULL (not held)')")"
-echo "   release with A's token: $(q "SELECT lockext.release('nightly-report', $token_a)")"
+echo
+echo "== 3. A queue of keyed jobs: 3 customers x 4 steps each, worked by 4 workers"
+psql -X -q -c "SELECT lockext.create_queue('orders')" >/dev/null
+for step in 1 2 3 4; do
+    for customer in alice bob carol; do
+        lockctl enqueue orders --key "$customer" "{\"customer\": \"$customer\", \"step\": $step}" >/dev/null
+    done
+done
+echo "   lockctl enqueue orders --key alice '{\"customer\": \"alice\", \"step\": 1}'   (x12)"
+echo "   lockctl work orders --concurrency 4 --until-empty -- ./handle-order.sh"
+lockctl work orders --concurrency 4 --until-empty -- sh -c '
+    payload=$(cat)
+    sleep 0.1
+    echo "$(date +%T.%3N)  job $LOCKEXT_JOB_ID  key $LOCKEXT_JOB_KEY  $payload"' >"$OUT/work.log"
+sed 's/^/   /' "$OUT/work.log"
+echo
+echo "   Per key, in the order the jobs ran (steps must come 1 2 3 4):"
+for customer in alice bob carol; do
+    steps=$(grep "key $customer " "$OUT/work.log" | grep -o '"step": [0-9]*' | awk '{ print $2 }' | paste -sd' ')
+    verdict=$([ "$steps" = "1 2 3 4" ] && echo "in order" || echo "OUT OF ORDER")
+    printf '   %-6s %s  (%s)\n' "$customer" "$steps" "$verdict"
+done
+echo "   Different customers ran side by side; each customer's steps never did."
 
-echo "== B renews its lease for another minute"
-q "SELECT lockext.renew('nightly-report', $token_b, '1 minute')" >/dev/null
-show "SELECT name, owner, token = $token_b AS is_b, expires_at - now() AS time_left, renewed_at IS NOT NULL AS renewed FROM lockext.holders"
-
-echo "== A short lease that nobody releases frees itself"
-q "SELECT lockext.acquire('cache-warmup', '200 ms')" >/dev/null
-sleep 0.3
-echo "   holders of cache-warmup after 300 ms: $(q "SELECT count(*) FROM lockext.holders WHERE name = 'cache-warmup'")"
-
-q "SELECT lockext.release('nightly-report', $token_b)" >/dev/null
-echo "== Counters"
-show "SELECT * FROM lockext.stats"
-echo "Demo done; the private server is stopped and removed."
+elapsed=$(( ($(date +%s%N) - started) / 1000000 ))
+echo
+echo "== Done in $((elapsed / 1000)).$(printf '%03d' $((elapsed % 1000))) s; the private server is stopped and removed."
+echo "Where to look next:"
+echo "   $BUILD/lockctl --help"
+echo "       every command, its options and exit statuses"
+echo "   README.md: the guarantees, the SQL API, the C++ client, lockctl, the benchmarks"
+echo "   bash scripts/test.sh: every test (pg_regress, isolation, TAP, stress, client, lockctl)"
+echo "   In psql: lockext.holders, lockext.waiters, lockext.stats, lockext.queue_stats"
