@@ -79,17 +79,16 @@ GRANT SELECT ON @extschema@.holders, @extschema@.waiters, @extschema@.stats TO P
 --
 -- Per-key order. Of the jobs of one key, only the earliest is 'ready',
 -- 'delayed' (its run_at, or its retry, has not come) or 'running'; the
--- others are 'waiting'. The job_keys row counts the key's
--- jobs and is the key's mutex: enqueue upserts it (+1) and makes its job
--- ready only when it is the key's first; finishing a job (complete, or
--- death) updates it (-1) and promotes the key's next waiting job. Both take
--- the job_keys row lock, in key order when several keys are touched, so they
--- serialise per key; under REPEATABLE READ a conflicting change raises a
--- serialization failure instead of a silent misorder. Dequeue then needs no
--- per-key check: it makes due 'delayed' jobs 'ready', and takes 'ready' jobs
--- with FOR UPDATE
--- SKIP LOCKED, so it never waits on another worker's rows, and a stuck key
--- (running, or retrying with backoff) costs the other keys nothing.
+-- others are 'waiting'. Enqueue makes a keyed job 'waiting' when the key
+-- has live jobs; finishing a key's head (complete, or death) promotes the
+-- key's next job. Both run under the key lock, a transaction-scope lock on
+-- (queue, key) in PostgreSQL's lock manager, and read the key's jobs with
+-- the latest snapshot, so they serialise per key at every isolation level
+-- (src/queue_ops.cpp has the protocol). Dequeue then needs no per-key
+-- check: it makes due 'delayed' jobs 'ready', and takes 'ready' jobs with
+-- FOR UPDATE SKIP LOCKED, so it never waits on another worker's rows, and a
+-- stuck key (running, or retrying with backoff) costs the other keys
+-- nothing.
 --
 -- Completed jobs are deleted (no archive: the hot tables hold only live
 -- jobs); dead jobs move to dead_jobs and stop blocking their key.
@@ -127,17 +126,6 @@ CREATE INDEX ON @extschema@.jobs (lease_expires_at) WHERE state = 'running';
 -- keys in retry backoff cost dequeue nothing.
 CREATE INDEX ON @extschema@.jobs (run_at) WHERE state = 'delayed';
 
--- One row per (queue, key) with live jobs: their count, and the key's mutex.
--- Rows are updated on every keyed enqueue and finish: leave room for HOT
--- updates, and vacuum after a fixed number of dead rows, not a fraction.
-CREATE TABLE @extschema@.job_keys (
-    queue text NOT NULL,
-    key   text NOT NULL,
-    jobs  bigint NOT NULL,
-    PRIMARY KEY (queue, key)
-) WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
-        autovacuum_vacuum_cost_delay = 0);
-
 -- Jobs that ran out of attempts, with their last error.
 CREATE TABLE @extschema@.dead_jobs (
     queue        text NOT NULL,
@@ -154,7 +142,6 @@ CREATE TABLE @extschema@.dead_jobs (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.queues', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.job_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.dead_jobs', '');
 GRANT SELECT ON @extschema@.queues TO PUBLIC;
 
@@ -229,7 +216,6 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM @extschema@._require_queue(queue);
     EXECUTE format('DROP TABLE @extschema@.%I', 'queue_' || queue);
-    DELETE FROM @extschema@.job_keys k WHERE k.queue = drop_queue.queue;
     DELETE FROM @extschema@.dead_jobs d WHERE d.queue = drop_queue.queue;
     DELETE FROM @extschema@.queues q WHERE q.queue = drop_queue.queue;
 END $$;
@@ -245,31 +231,41 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'lockext_notify_after_commit'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
+-- Lock the keys of jobs about to be inserted (in hash order) and return
+-- those with live jobs, read with the latest snapshot. In C.
+CREATE FUNCTION @extschema@._lock_keys_busy(queue text, keys text[])
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'lockext_lock_keys_busy'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- Jobs of these keys have left the jobs table: lock the keys and make each
+-- key's earliest job ready if it waits (workers are notified). In C.
+CREATE FUNCTION @extschema@._free_keys(queue text, keys text[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_free_keys'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
 -- Insert jobs in array order (ids rise in that order); each key's first
 -- job is ready only if the key had none. Returns the ids.
 CREATE FUNCTION @extschema@._insert_jobs(p_queue text, p_payloads jsonb[], p_keys text[],
                                          p_run_ats timestamptz[], p_priorities int[],
                                          p_max_attempts int[])
 RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+DECLARE
+    busy text[];
 BEGIN
     PERFORM @extschema@._require_queue(p_queue);
+    -- Key locks first (their ids then rise in lock order), then the keys
+    -- that already have jobs.
+    busy := @extschema@._lock_keys_busy(p_queue, p_keys);
     RETURN QUERY
         WITH input AS (
             SELECT i, p_payloads[i] AS payload, p_keys[i] AS key
               FROM generate_subscripts(p_payloads, 1) AS i),
-        grouped AS (
-            SELECT g.key, count(*) AS n FROM input g WHERE g.key IS NOT NULL GROUP BY g.key),
-        counted AS (
-            -- Key rows are locked in key order, so concurrent batches cannot deadlock.
-            INSERT INTO @extschema@.job_keys AS k (queue, key, jobs)
-            SELECT p_queue, g.key, g.n FROM grouped g ORDER BY g.key
-            ON CONFLICT (queue, key) DO UPDATE SET jobs = k.jobs + excluded.jobs
-            RETURNING k.key, k.jobs),
         ordered AS (
-            SELECT input.i, input.payload, input.key, c.jobs = g.n AS was_empty,
+            SELECT input.i, input.payload, input.key, NOT (input.key = ANY (busy)) AS was_empty,
                    row_number() OVER (PARTITION BY input.key ORDER BY input.i) AS nth
-              FROM input LEFT JOIN counted c ON c.key = input.key
-                         LEFT JOIN grouped g ON g.key = input.key
+              FROM input
              ORDER BY input.i)
         INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
         SELECT p_queue, @extschema@._job_id(p_queue, o.key), o.key, o.payload,
@@ -280,37 +276,6 @@ BEGIN
           FROM ordered o
         RETURNING j.id;
     PERFORM @extschema@._notify_after_commit(p_queue);
-END $$;
-
--- Finished jobs of these keys (one entry per job) have left the jobs table:
--- count them off, and make each key's next waiting job ready.
-CREATE FUNCTION @extschema@._finish_keys(p_queue text, p_keys text[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF p_keys IS NULL OR cardinality(p_keys) = 0 THEN
-        RETURN;
-    END IF;
-    WITH done AS (
-        SELECT d.key, count(*) AS n FROM unnest(p_keys) AS d(key) WHERE d.key IS NOT NULL GROUP BY d.key),
-    locked AS (
-        SELECT k.key FROM @extschema@.job_keys k JOIN done d ON d.key = k.key
-         WHERE k.queue = p_queue AND k.key = ANY (p_keys) ORDER BY k.key FOR UPDATE OF k)
-    UPDATE @extschema@.job_keys k SET jobs = k.jobs - d.n FROM done d, locked l
-     WHERE k.queue = p_queue AND k.key = ANY (p_keys) AND k.key = d.key AND l.key = d.key;
-    DELETE FROM @extschema@.job_keys k WHERE k.queue = p_queue AND k.key = ANY (p_keys) AND k.jobs <= 0;
-    -- A key's ready or running job is always its earliest (enqueue gives a
-    -- key's jobs rising ids, in key-lock order), so the key's earliest job
-    -- being 'waiting' means nothing of the key is ready or running.
-    UPDATE @extschema@.jobs j SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END
-      FROM (SELECT DISTINCT d.key FROM unnest(p_keys) AS d(key)) k
-     CROSS JOIN LATERAL (SELECT w.id, w.state FROM @extschema@.jobs w
-                          WHERE w.queue = p_queue AND w.key = k.key
-                          ORDER BY w.id LIMIT 1) head
-     WHERE head.state = 'waiting' AND j.queue = p_queue AND j.id = head.id AND j.key = k.key
-       AND j.state = 'waiting';
-    IF FOUND THEN
-        PERFORM @extschema@._notify_after_commit(p_queue);
-    END IF;
 END $$;
 
 -- Enqueue one job; returns its id. Workers are notified after commit. (The same rules
@@ -354,7 +319,7 @@ BEGIN
     SELECT p_queue, g.id, g.key, g.payload, g.priority, g.attempt, g.max_attempts,
            coalesce(p_error, g.last_error, 'lease expired'), g.enqueued_at
       FROM unnest(p_jobs) AS g;
-    PERFORM @extschema@._finish_keys(p_queue, ARRAY(SELECT g.key FROM unnest(p_jobs) AS g));
+    PERFORM @extschema@._free_keys(p_queue, ARRAY(SELECT g.key FROM unnest(p_jobs) AS g));
 END $$;
 
 -- Delayed jobs whose time has come become ready (dequeue's rare path).
@@ -515,9 +480,6 @@ END $$;
 -- first call looks tiny forever), so the plans are told to use the indexes:
 -- every statement here is a point or range lookup on one of them.
 ALTER FUNCTION @extschema@._insert_jobs(text, jsonb[], text[], timestamptz[], int[], int[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION @extschema@._finish_keys(text, text[])
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@._promote_delayed(text)

@@ -15,9 +15,21 @@
 //  - only the ready-job scan and the due/expired probe read the queue's
 //    whole table, as scans (no result relations to open).
 // The rules are those of the SQL in sql/lockext--0.1.0.sql (one ready,
-// delayed or running job per key, at the head of the key's line; job_keys
-// rows are the per-key mutex), which the rare paths (lease expiry, delayed
-// promotion, batch bookkeeping) still use.
+// delayed or running job per key, at the head of the key's line), which the
+// rare paths (lease expiry, delayed promotion, retries) still use.
+//
+// PER-KEY LOCKING PROTOCOL
+//   Every change to which job heads a key's line (enqueue of a keyed job,
+//   the finish of a key's head by completion or death, redrive) runs under
+//   the key lock: an ExclusiveLock in PostgreSQL's lock manager on
+//   (database, 64-bit hash of queue and key), transaction scope, tagged
+//   kKeyLockTag so it never meets a user's advisory lock. Several keys are
+//   locked in hash order. Row locks on running jobs (the DELETE of a
+//   finished job) are taken before its key lock; a waiting job's row is
+//   locked only under its key lock (promotion). While holding the key lock,
+//   a transaction reads the key's jobs with the latest snapshot, not its
+//   own: it then sees everything committed by the key's previous lock
+//   holders, at every isolation level.
 //
 // Bodies keep only plain data on the stack (include/lockext/pg_guard.hpp):
 // SPI and ereport may longjmp through them.
@@ -27,6 +39,7 @@ extern "C" {
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -36,6 +49,7 @@ extern "C" {
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -44,6 +58,7 @@ extern "C" {
 #include "utils/memutils.h"
 #include "utils/partcache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 }
@@ -60,20 +75,16 @@ constexpr const char *kSchema = "lockext";
 
 // Statements with a cached plan; each is prepared per relation it names.
 enum Stmt : int {
-    kKeyCount,     // job_keys: count a keyed job in, returns the key's jobs
-    kInsert,       // queue table: insert one job (routing beats a leaf's constraint check)
+    kInsert,       // queue table: insert one unkeyed job (routing beats a leaf's constraint check)
+    kInsertKeyed,  // queue table: insert a keyed job, waiting if its leaf has others of the key
     kProbe,        // queue table: any delayed job due, any running lease expired?
     kReady,        // queue table: pick ready jobs, row-locked
     kTake,         // leaf: lease the picked jobs
     kDelete,       // leaf: complete one job by id and token
-    kKeyUncount,   // job_keys: count a finished job out
-    kKeyDrop,      // job_keys: forget a key without jobs
     kPromote,      // leaf: make a key's next job ready
     kLockMany,     // leaf: lock jobs of a batch in id order
     kDeleteMany,   // leaf: complete a batch's jobs by id and token
-    kKeysLock,     // job_keys: lock a batch's keys in key order
-    kKeysUncount,  // job_keys: count a batch's finished jobs out
-    kKeysDrop,     // job_keys: forget the batch's keys without jobs
+    kKeysBusy,     // leaf: which of these keys have live jobs
     kPromoteMany,  // leaf: make each listed key's next job ready
     kExpired,      // SQL: _dequeue_expired(queue, n, lease, worker)
     kPromoteDue,   // SQL: _promote_delayed(queue)
@@ -99,12 +110,15 @@ HTAB *plans = nullptr;
 // The SQL of each statement; %s is the quoted relation name where it has one.
 const char *stmt_sql(int stmt) {
     switch (stmt) {
-        case kKeyCount:
-            return "INSERT INTO lockext.job_keys AS jk (queue, key, jobs) VALUES ($1, $2, 1) "
-                   "ON CONFLICT (queue, key) DO UPDATE SET jobs = jk.jobs + 1 RETURNING jk.jobs";
         case kInsert:
             return "INSERT INTO lockext.%s (queue, id, key, payload, state, run_at, priority, "
                    "max_attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        case kInsertKeyed:
+            // %1$s is the key's leaf, %2$s the queue table. Run with the
+            // latest snapshot under the key lock: see the protocol above.
+            return "INSERT INTO lockext.%2$s (queue, id, key, payload, state, run_at, priority, "
+                   "max_attempts) SELECT $1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM "
+                   "lockext.%1$s w WHERE w.key = $3) THEN 'waiting' ELSE $5 END, $6, $7, $8";
         case kProbe:
             return "SELECT EXISTS (SELECT 1 FROM lockext.%1$s d WHERE d.state = 'delayed' "
                    "AND d.run_at <= now()), EXISTS (SELECT 1 FROM lockext.%1$s e "
@@ -122,12 +136,6 @@ const char *stmt_sql(int stmt) {
         case kDelete:
             return "DELETE FROM lockext.%s j WHERE j.id = $1 AND j.token = $2 "
                    "AND j.state = 'running' RETURNING j.key";
-        case kKeyUncount:
-            return "UPDATE lockext.job_keys jk SET jobs = jk.jobs - 1 "
-                   "WHERE jk.queue = $1 AND jk.key = $2 RETURNING jk.jobs";
-        case kKeyDrop:
-            return "DELETE FROM lockext.job_keys jk WHERE jk.queue = $1 AND jk.key = $2 "
-                   "AND jk.jobs <= 0";
         case kPromote:
             // The key's next job is its earliest after the one just finished
             // ($2): that one was the key's head (only a head runs), so every
@@ -139,21 +147,14 @@ const char *stmt_sql(int stmt) {
                    "WHERE j.id = (SELECT w.id FROM lockext.%1$s w WHERE w.key = $1 AND w.id > $2 "
                    "ORDER BY w.id LIMIT 1) AND j.state = 'waiting'";
         case kLockMany:
-            return "SELECT 1 FROM lockext.%s j WHERE j.id = ANY ($1) ORDER BY j.id FOR UPDATE";
+            return "SELECT 1 FROM lockext.%s j WHERE j.id = ANY ($1) AND j.state = 'running' "
+                   "ORDER BY j.id FOR UPDATE";
         case kDeleteMany:
             return "DELETE FROM lockext.%s j WHERE j.id = ANY ($1) AND j.state = 'running' "
                    "AND (j.id, j.token) IN (SELECT d.id, d.token FROM unnest($1, $2) AS d(id, "
                    "token)) RETURNING j.key, j.id";
-        case kKeysLock:
-            return "SELECT 1 FROM lockext.job_keys k WHERE k.queue = $1 AND k.key = ANY ($2) "
-                   "ORDER BY k.key FOR UPDATE";
-        case kKeysUncount:
-            return "UPDATE lockext.job_keys k SET jobs = k.jobs - d.n "
-                   "FROM (SELECT u.key, count(*) AS n FROM unnest($2) AS u(key) GROUP BY u.key) d "
-                   "WHERE k.queue = $1 AND k.key = ANY ($2) AND k.key = d.key";
-        case kKeysDrop:
-            return "DELETE FROM lockext.job_keys k WHERE k.queue = $1 AND k.key = ANY ($2) "
-                   "AND k.jobs <= 0";
+        case kKeysBusy:
+            return "SELECT DISTINCT w.key FROM lockext.%s w WHERE w.key = ANY ($1)";
         case kPromoteMany:
             return "UPDATE lockext.%1$s j "
                    "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
@@ -173,13 +174,8 @@ const char *stmt_sql(int stmt) {
 // Parameter types of each statement.
 int stmt_params(int stmt, Oid *types) {
     switch (stmt) {
-        case kKeyCount:
-        case kKeyUncount:
-        case kKeyDrop:
-            types[0] = TEXTOID;
-            types[1] = TEXTOID;
-            return 2;
         case kInsert:
+        case kInsertKeyed:
             types[0] = TEXTOID;
             types[1] = INT8OID;
             types[2] = TEXTOID;
@@ -214,12 +210,9 @@ int stmt_params(int stmt, Oid *types) {
             types[0] = INT8ARRAYOID;
             types[1] = INT8ARRAYOID;
             return 2;
-        case kKeysLock:
-        case kKeysUncount:
-        case kKeysDrop:
-            types[0] = TEXTOID;
-            types[1] = TEXTARRAYOID;
-            return 2;
+        case kKeysBusy:
+            types[0] = TEXTARRAYOID;
+            return 1;
         case kPromoteMany:
             types[0] = TEXTARRAYOID;
             types[1] = INT8ARRAYOID;
@@ -257,8 +250,15 @@ SPIPlanPtr plan_for(int stmt, const char *rel) {
         return entry->plan;
 
     const char *sql = stmt_sql(stmt);
-    if (rel != nullptr)
-        sql = psprintf(sql, quote_identifier(rel));
+    if (rel != nullptr) {
+        // A leaf's queue table is its name up to the '$' (which queue names
+        // cannot contain); statements name the leaf as %s or %1$s and the
+        // queue table as %2$s.
+        char *table = pstrdup(rel);
+        if (char *dollar = strchr(table, '$'))
+            *dollar = '\0';
+        sql = psprintf(sql, quote_identifier(rel), quote_identifier(table));
+    }
     Oid types[8];
     int nargs = stmt_params(stmt, types);
     // Generic from the start: queue tables churn faster than statistics
@@ -277,6 +277,17 @@ SPIPlanPtr plan_for(int stmt, const char *rel) {
 // Run a cached statement; `nulls` as for SPI_execute_plan (NULL: none null).
 int run(int stmt, const char *rel, Datum *values, const char *nulls, long limit = 0) {
     int rc = SPI_execute_plan(plan_for(stmt, rel), values, nulls, false, limit);
+    if (rc < 0)
+        elog(ERROR, "lockext: queue statement failed: %s", SPI_result_code_string(rc));
+    return rc;
+}
+
+// Run a cached statement with the latest snapshot: under a key lock, the
+// key's jobs must be read as its previous lock holders committed them, even
+// when the transaction's own snapshot is older (REPEATABLE READ).
+int run_latest(int stmt, const char *rel, Datum *values, const char *nulls) {
+    int rc = SPI_execute_snapshot(plan_for(stmt, rel), values, nulls, GetLatestSnapshot(),
+                                  InvalidSnapshot, false, true, 0);
     if (rc < 0)
         elog(ERROR, "lockext: queue statement failed: %s", SPI_result_code_string(rc));
     return rc;
@@ -349,6 +360,46 @@ int64 remainder_of(Oid relid, Datum key, bool key_null) {
     return static_cast<int64>(hash % static_cast<uint64>(modulus));
 }
 
+// The tag in field 4 of key locks: PostgreSQL's own advisory locks use 1 and 2.
+constexpr uint16 kKeyLockTag = 0x4c51;
+
+// The key lock's identity: a 64-bit hash of the queue name and the key.
+uint64 key_hash(const char *queue, Datum key) {
+    text *k = DatumGetTextPP(key);
+    uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char *>(queue),
+                                   static_cast<int>(strlen(queue)), 0);
+    return hash_combine64(
+        h, hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA_ANY(k)),
+                               static_cast<int>(VARSIZE_ANY_EXHDR(k)), 0));
+}
+
+// Order of key hashes (the order key locks are taken in).
+int compare_hash(const void *a, const void *b) {
+    uint64 x = *static_cast<const uint64 *>(a), y = *static_cast<const uint64 *>(b);
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+// Take the key locks of `n` keys of `queue` (NULL keys skipped), in hash
+// order so that transactions locking overlapping sets cannot deadlock; held
+// to the end of the transaction. See the protocol at the top of the file.
+void lock_keys(const char *queue, const Datum *keys, const bool *nulls, int n) {
+    uint64 *hashes = static_cast<uint64 *>(palloc(sizeof(uint64) * (n + 1)));
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (nulls == nullptr || !nulls[i])
+            hashes[m++] = key_hash(queue, keys[i]);
+    qsort(hashes, m, sizeof(uint64), compare_hash);
+    for (int i = 0; i < m; i++) {
+        if (i > 0 && hashes[i] == hashes[i - 1])
+            continue;
+        LOCKTAG tag;
+        SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(hashes[i] >> 32),
+                             static_cast<uint32>(hashes[i]), kKeyLockTag);
+        (void)LockAcquire(&tag, ExclusiveLock, false, false);
+    }
+    pfree(hashes);
+}
+
 // Pin the settings every queue statement is planned under (the functions'
 // SET clauses did this in SQL); returns the GUC nest level to pop.
 int pin_settings() {
@@ -384,17 +435,14 @@ Datum enqueue_impl(FunctionCallInfo fcinfo) {
     int level = pin_settings();
     SPI_connect();
 
-    int64 jobs_of_key = 1;
     Datum qtext = CStringGetTextDatum(queue);
-    if (!key_null) {
-        Datum args[2] = {qtext, key};
-        run(kKeyCount, nullptr, args, nullptr);
-        bool isnull;
-        jobs_of_key = DatumGetInt64(result(0, 1, &isnull));
-    }
+    // The key lock comes before the id, so a key's ids rise in lock order.
+    if (!key_null)
+        lock_keys(queue, &key, nullptr, 1);
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
     int64 id = nextval_internal(seq, true) * kIdStride + rem;
-    const char *state = jobs_of_key > 1 ? "waiting" : run_at > now ? "delayed" : "ready";
+    // The state unless the key has other jobs (then 'waiting', decided by the insert).
+    const char *state = run_at > now ? "delayed" : "ready";
     Datum args[8] = {qtext,
                      Int64GetDatum(id),
                      key,
@@ -404,7 +452,10 @@ Datum enqueue_impl(FunctionCallInfo fcinfo) {
                      Int32GetDatum(priority),
                      Int32GetDatum(max_attempts)};
     char nulls[8] = {' ', ' ', key_null ? 'n' : ' ', ' ', ' ', ' ', ' ', ' '};
-    run(kInsert, queue_table(queue), args, nulls);
+    if (key_null)
+        run(kInsert, queue_table(queue), args, nulls);
+    else
+        run_latest(kInsertKeyed, leaf_name(queue, rem), args, nulls);
 
     SPI_finish();
     AtEOXact_GUC(true, level);
@@ -581,16 +632,10 @@ Datum complete_impl(FunctionCallInfo fcinfo) {
         Datum key = result(0, 1, &isnull);
         if (!isnull) {
             key = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
-            Datum kargs[2] = {CStringGetTextDatum(queue), key};
-            run(kKeyUncount, nullptr, kargs, nullptr);
-            bool gone = SPI_processed == 0 || DatumGetInt64(result(0, 1, &isnull)) <= 0;
-            if (gone) {
-                run(kKeyDrop, nullptr, kargs, nullptr);
-            } else {
-                Datum pargs[2] = {key, Int64GetDatum(id)};
-                run(kPromote, leaf, pargs, nullptr);
-                promoted = SPI_processed > 0;
-            }
+            lock_keys(queue, &key, nullptr, 1);
+            Datum pargs[2] = {key, Int64GetDatum(id)};
+            run_latest(kPromote, leaf, pargs, nullptr);
+            promoted = SPI_processed > 0;
         }
     }
     SPI_finish();
@@ -681,14 +726,9 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
         start = end;
     }
     if (nkeys > 0) {
-        // Count the keys' finished jobs out (rows locked in key order, so
-        // overlapping batches cannot deadlock), then free each key's next job,
-        // leaf by leaf (keys were collected in leaf order).
-        ArrayType *a_keys = construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT);
-        Datum args[2] = {CStringGetTextDatum(queue), PointerGetDatum(a_keys)};
-        run(kKeysLock, nullptr, args, nullptr);
-        run(kKeysUncount, nullptr, args, nullptr);
-        run(kKeysDrop, nullptr, args, nullptr);
+        // Lock the finished jobs' keys (in hash order), then free each key's
+        // next job, leaf by leaf (keys were collected in leaf order).
+        lock_keys(queue, keys, nullptr, nkeys);
         bool promoted = false;
         for (int k = 0; k < nkeys;) {
             int e = k;
@@ -699,7 +739,7 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
             ArrayType *leaf_ids =
                 construct_array(key_ids + k, e - k, INT8OID, 8, true, TYPALIGN_DOUBLE);
             Datum pargs[2] = {PointerGetDatum(leaf_keys), PointerGetDatum(leaf_ids)};
-            run(kPromoteMany, leaf_name(queue, key_rem[k]), pargs, nullptr);
+            run_latest(kPromoteMany, leaf_name(queue, key_rem[k]), pargs, nullptr);
             promoted |= SPI_processed > 0;
             k = e;
         }
@@ -709,6 +749,105 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
     SPI_finish();
     AtEOXact_GUC(true, level);
     PG_RETURN_INT32(done);
+}
+
+// The non-NULL elements of text[] argument `n`, detoasted, in *out; returns the count.
+int text_elements(FunctionCallInfo fcinfo, int n, Datum **out) {
+    if (PG_ARGISNULL(n)) {
+        *out = nullptr;
+        return 0;
+    }
+    Datum *elems;
+    bool *nulls;
+    int count;
+    deconstruct_array(PG_GETARG_ARRAYTYPE_P(n), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
+                      &count);
+    *out = static_cast<Datum *>(palloc(sizeof(Datum) * (count + 1)));
+    int m = 0;
+    for (int i = 0; i < count; i++)
+        if (!nulls[i])
+            (*out)[m++] = PointerGetDatum(PG_DETOAST_DATUM(elems[i]));
+    return m;
+}
+
+// Run `stmt` (taking a text[] of keys, then optionally a bigint[] of zeros)
+// on each leaf for the keys that hash to it, with the latest snapshot.
+// Calls `each` after each leaf's statement; returns the rows it produced.
+template <typename Each>
+uint64 per_leaf(const char *queue, Oid relid, int stmt, Datum *keys, int n, Each each) {
+    int64 *rems = static_cast<int64 *>(palloc(sizeof(int64) * (n + 1)));
+    bool *done = static_cast<bool *>(palloc0(sizeof(bool) * (n + 1)));
+    Datum *group = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum *zeros = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    for (int i = 0; i < n; i++) {
+        rems[i] = remainder_of(relid, keys[i], false);
+        zeros[i] = Int64GetDatum(0);
+    }
+    uint64 rows = 0;
+    for (int i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        int g = 0;
+        for (int j = i; j < n; j++)
+            if (!done[j] && rems[j] == rems[i]) {
+                group[g++] = keys[j];
+                done[j] = true;
+            }
+        ArrayType *a_keys = construct_array(group, g, TEXTOID, -1, false, TYPALIGN_INT);
+        ArrayType *a_zeros = construct_array(zeros, g, INT8OID, 8, true, TYPALIGN_DOUBLE);
+        Datum args[2] = {PointerGetDatum(a_keys), PointerGetDatum(a_zeros)};
+        run_latest(stmt, leaf_name(queue, rems[i]), args, nullptr);
+        rows += SPI_processed;
+        each();
+    }
+    return rows;
+}
+
+// Lock the keys of a batch about to be inserted, and return those that
+// already have live jobs (their new jobs wait); see lockext._lock_keys_busy.
+Datum lock_keys_busy_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    Datum *keys;
+    int n = text_elements(fcinfo, 1, &keys);
+    lock_keys(queue, keys, nullptr, n);
+    // The result outlives SPI's memory: keep it in the caller's context.
+    MemoryContext outer = CurrentMemoryContext;
+    Datum *busy = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    int nbusy = 0;
+    int level = pin_settings();
+    SPI_connect();
+    (void)per_leaf(queue, relid, kKeysBusy, keys, n, [&] {
+        bool isnull;
+        for (uint64 r = 0; r < SPI_processed; r++) {
+            Datum k = result(static_cast<int>(r), 1, &isnull);
+            MemoryContext spi = MemoryContextSwitchTo(outer);
+            busy[nbusy++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(k));
+            MemoryContextSwitchTo(spi);
+        }
+    });
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    PG_RETURN_ARRAYTYPE_P(construct_array(busy, nbusy, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+// Jobs of these keys have left the jobs table (completed elsewhere, or
+// dead): lock the keys and make each key's earliest job ready if it waits;
+// see lockext._free_keys.
+Datum free_keys_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    Datum *keys;
+    int n = text_elements(fcinfo, 1, &keys);
+    lock_keys(queue, keys, nullptr, n);
+    int level = pin_settings();
+    SPI_connect();
+    uint64 promoted = per_leaf(queue, relid, kPromoteMany, keys, n, [] {});
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    if (promoted > 0)
+        lockext_notify_after_commit(queue);
+    PG_RETURN_VOID();
 }
 
 // A job id for `key` in `queue` (its leaf's remainder in the low digits); see
@@ -729,3 +868,5 @@ LOCKEXT_SQL_FUNCTION(dequeue)
 LOCKEXT_SQL_FUNCTION(complete)
 LOCKEXT_SQL_FUNCTION(complete_many)
 LOCKEXT_SQL_FUNCTION(job_id)
+LOCKEXT_SQL_FUNCTION(lock_keys_busy)
+LOCKEXT_SQL_FUNCTION(free_keys)
