@@ -231,13 +231,6 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'lockext_notify_after_commit'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
--- Lock the keys of jobs about to be inserted (in hash order) and return
--- those with live jobs, read with the latest snapshot. In C.
-CREATE FUNCTION @extschema@._lock_keys_busy(queue text, keys text[])
-RETURNS text[]
-AS 'MODULE_PATHNAME', 'lockext_lock_keys_busy'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
-
 -- Jobs of these keys have left the jobs table: lock the keys and make each
 -- key's earliest job ready if it waits (workers are notified). In C.
 CREATE FUNCTION @extschema@._free_keys(queue text, keys text[])
@@ -246,37 +239,14 @@ AS 'MODULE_PATHNAME', 'lockext_free_keys'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Insert jobs in array order (ids rise in that order); each key's first
--- job is ready only if the key had none. Returns the ids.
+-- job is ready only if the key had none. Returns the ids. In C
+-- (src/queue_ops.cpp): the keys are locked first, then read.
 CREATE FUNCTION @extschema@._insert_jobs(p_queue text, p_payloads jsonb[], p_keys text[],
                                          p_run_ats timestamptz[], p_priorities int[],
                                          p_max_attempts int[])
-RETURNS SETOF bigint LANGUAGE plpgsql AS $$
-DECLARE
-    busy text[];
-BEGIN
-    PERFORM @extschema@._require_queue(p_queue);
-    -- Key locks first (their ids then rise in lock order), then the keys
-    -- that already have jobs.
-    busy := @extschema@._lock_keys_busy(p_queue, p_keys);
-    RETURN QUERY
-        WITH input AS (
-            SELECT i, p_payloads[i] AS payload, p_keys[i] AS key
-              FROM generate_subscripts(p_payloads, 1) AS i),
-        ordered AS (
-            SELECT input.i, input.payload, input.key, NOT (input.key = ANY (busy)) AS was_empty,
-                   row_number() OVER (PARTITION BY input.key ORDER BY input.i) AS nth
-              FROM input
-             ORDER BY input.i)
-        INSERT INTO @extschema@.jobs AS j (queue, id, key, payload, state, run_at, priority, max_attempts)
-        SELECT p_queue, @extschema@._job_id(p_queue, o.key), o.key, o.payload,
-               CASE WHEN NOT (o.key IS NULL OR (o.was_empty AND o.nth = 1)) THEN 'waiting'
-                    WHEN p_run_ats[o.i] > now() THEN 'delayed' ELSE 'ready' END,
-               coalesce(p_run_ats[o.i], now()), coalesce(p_priorities[o.i], 0),
-               coalesce(p_max_attempts[o.i], 5)
-          FROM ordered o
-        RETURNING j.id;
-    PERFORM @extschema@._notify_after_commit(p_queue);
-END $$;
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'lockext_insert_jobs'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 
 -- Enqueue one job; returns its id. Workers are notified after commit. (The same rules
 -- as _insert_jobs, in C: this is the hot path; see src/queue_ops.cpp.)
@@ -479,9 +449,6 @@ END $$;
 -- Queue tables churn faster than statistics follow (an empty table at the
 -- first call looks tiny forever), so the plans are told to use the indexes:
 -- every statement here is a point or range lookup on one of them.
-ALTER FUNCTION @extschema@._insert_jobs(text, jsonb[], text[], timestamptz[], int[], int[])
-    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
-    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@._promote_delayed(text)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;

@@ -85,6 +85,7 @@ enum Stmt : int {
     kLockMany,     // leaf: lock jobs of a batch in id order
     kDeleteMany,   // leaf: complete a batch's jobs by id and token
     kKeysBusy,     // leaf: which of these keys have live jobs
+    kInsertMany,   // queue table: insert a batch of prepared jobs
     kPromoteMany,  // leaf: make each listed key's next job ready
     kExpired,      // SQL: _dequeue_expired(queue, n, lease, worker)
     kPromoteDue,   // SQL: _promote_delayed(queue)
@@ -155,6 +156,11 @@ const char *stmt_sql(int stmt) {
                    "token)) RETURNING j.key, j.id";
         case kKeysBusy:
             return "SELECT DISTINCT w.key FROM lockext.%s w WHERE w.key = ANY ($1)";
+        case kInsertMany:
+            return "INSERT INTO lockext.%s (queue, id, key, payload, state, run_at, priority, "
+                   "max_attempts) SELECT $1, u.id, u.key, u.payload, u.state, u.run_at, "
+                   "u.priority, u.max_attempts FROM unnest($2, $3, $4, $5, $6, $7, $8) "
+                   "AS u(id, key, payload, state, run_at, priority, max_attempts)";
         case kPromoteMany:
             return "UPDATE lockext.%1$s j "
                    "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
@@ -213,6 +219,16 @@ int stmt_params(int stmt, Oid *types) {
         case kKeysBusy:
             types[0] = TEXTARRAYOID;
             return 1;
+        case kInsertMany:
+            types[0] = TEXTOID;
+            types[1] = INT8ARRAYOID;
+            types[2] = TEXTARRAYOID;
+            types[3] = JSONBARRAYOID;
+            types[4] = TEXTARRAYOID;
+            types[5] = TIMESTAMPTZARRAYOID;
+            types[6] = INT4ARRAYOID;
+            types[7] = INT4ARRAYOID;
+            return 8;
         case kPromoteMany:
             types[0] = TEXTARRAYOID;
             types[1] = INT8ARRAYOID;
@@ -342,9 +358,10 @@ char *leaf_name(const char *queue, int64 rem) {
     return psprintf("queue_%s$" INT64_FORMAT, queue, rem);
 }
 
-// The hash remainder of `key` in the queue table `relid`: the leaf that tuple
-// routing would choose, computed with the partition key's own support function.
-int64 remainder_of(Oid relid, Datum key, bool key_null) {
+// The hash remainders of `n` keys in the queue table `relid` (NULL keys
+// where nulls[i]): the leaves tuple routing would choose, computed with the
+// partition key's own support function.
+void remainders_of(Oid relid, const Datum *keys, const bool *nulls, int n, int64 *out) {
     Relation rel = table_open(relid, NoLock);
     PartitionKey pk = RelationGetPartitionKey(rel);
     PartitionDesc pd = RelationGetPartitionDesc(rel, true);
@@ -353,11 +370,22 @@ int64 remainder_of(Oid relid, Datum key, bool key_null) {
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("queue table \"%s\" is not hash-partitioned by key",
                                RelationGetRelationName(rel))));
-    int modulus = get_hash_partition_greatest_modulus(pd->boundinfo);
-    uint64 hash =
-        compute_partition_hash_value(1, pk->partsupfunc, pk->partcollation, &key, &key_null);
+    uint64 modulus = static_cast<uint64>(get_hash_partition_greatest_modulus(pd->boundinfo));
+    for (int i = 0; i < n; i++) {
+        Datum key = keys[i];
+        bool key_null = nulls != nullptr && nulls[i];
+        uint64 hash =
+            compute_partition_hash_value(1, pk->partsupfunc, pk->partcollation, &key, &key_null);
+        out[i] = static_cast<int64>(hash % modulus);
+    }
     table_close(rel, NoLock);
-    return static_cast<int64>(hash % static_cast<uint64>(modulus));
+}
+
+// The hash remainder of one key; see remainders_of.
+int64 remainder_of(Oid relid, Datum key, bool key_null) {
+    int64 rem;
+    remainders_of(relid, &key, &key_null, 1, &rem);
+    return rem;
 }
 
 // The tag in field 4 of key locks: PostgreSQL's own advisory locks use 1 and 2.
@@ -803,34 +831,6 @@ uint64 per_leaf(const char *queue, Oid relid, int stmt, Datum *keys, int n, Each
     return rows;
 }
 
-// Lock the keys of a batch about to be inserted, and return those that
-// already have live jobs (their new jobs wait); see lockext._lock_keys_busy.
-Datum lock_keys_busy_impl(FunctionCallInfo fcinfo) {
-    char *queue = queue_arg(fcinfo, 0);
-    Oid relid = open_queue(queue);
-    Datum *keys;
-    int n = text_elements(fcinfo, 1, &keys);
-    lock_keys(queue, keys, nullptr, n);
-    // The result outlives SPI's memory: keep it in the caller's context.
-    MemoryContext outer = CurrentMemoryContext;
-    Datum *busy = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    int nbusy = 0;
-    int level = pin_settings();
-    SPI_connect();
-    (void)per_leaf(queue, relid, kKeysBusy, keys, n, [&] {
-        bool isnull;
-        for (uint64 r = 0; r < SPI_processed; r++) {
-            Datum k = result(static_cast<int>(r), 1, &isnull);
-            MemoryContext spi = MemoryContextSwitchTo(outer);
-            busy[nbusy++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(k));
-            MemoryContextSwitchTo(spi);
-        }
-    });
-    SPI_finish();
-    AtEOXact_GUC(true, level);
-    PG_RETURN_ARRAYTYPE_P(construct_array(busy, nbusy, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
 // Jobs of these keys have left the jobs table (completed elsewhere, or
 // dead): lock the keys and make each key's earliest job ready if it waits;
 // see lockext._free_keys.
@@ -848,6 +848,167 @@ Datum free_keys_impl(FunctionCallInfo fcinfo) {
     if (promoted > 0)
         lockext_notify_after_commit(queue);
     PG_RETURN_VOID();
+}
+
+// Order of batch rows by key bytes, then position (for finding each key's
+// first job of the batch).
+struct KeyRow {
+    const char *key;
+    int len;
+    int index;
+};
+
+// KeyRow order: key bytes, then length, then index.
+int compare_key_row(const void *a, const void *b) {
+    const KeyRow *x = static_cast<const KeyRow *>(a), *y = static_cast<const KeyRow *>(b);
+    int c = memcmp(x->key, y->key, Min(x->len, y->len));
+    if (c != 0)
+        return c;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index ? 1 : 0;
+}
+
+// Element i of an optional array argument's deconstructed values.
+struct OptionalArray {
+    Datum *values = nullptr;
+    bool *nulls = nullptr;
+    int count = 0;
+
+    // Whether element i is present (the array is given, long enough, not NULL there).
+    bool has(int i) const {
+        return values != nullptr && i < count && !nulls[i];
+    }
+};
+
+// Deconstruct argument `n` (an array of `type`) if it is not NULL.
+OptionalArray optional_array(FunctionCallInfo fcinfo, int n, Oid type, int16 len, bool byval,
+                             char align) {
+    OptionalArray a;
+    if (!PG_ARGISNULL(n))
+        deconstruct_array(PG_GETARG_ARRAYTYPE_P(n), type, len, byval, align, &a.values, &a.nulls,
+                          &a.count);
+    return a;
+}
+
+// Insert jobs in array order (ids rise in that order); a keyed job waits
+// when its key has live jobs or an earlier job in the batch. The keys are
+// locked first, so a key's ids rise in lock order. See lockext._insert_jobs.
+Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    Oid relid = open_queue(queue);
+    if (PG_ARGISNULL(1))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payloads must not be NULL")));
+    OptionalArray payloads = optional_array(fcinfo, 1, JSONBOID, -1, false, TYPALIGN_INT);
+    OptionalArray keys = optional_array(fcinfo, 2, TEXTOID, -1, false, TYPALIGN_INT);
+    OptionalArray run_ats = optional_array(fcinfo, 3, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE);
+    OptionalArray priorities = optional_array(fcinfo, 4, INT4OID, 4, true, TYPALIGN_INT);
+    OptionalArray attempts = optional_array(fcinfo, 5, INT4OID, 4, true, TYPALIGN_INT);
+    int n = payloads.count;
+    if (keys.values != nullptr && keys.count != n)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("keys has %d elements but payloads has %d", keys.count, n)));
+    for (int i = 0; i < n; i++)
+        if (payloads.nulls[i])
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                            errmsg("payload %d must not be NULL", i + 1)));
+
+    // Keys: detoasted, NULL where absent; each key's first row in the batch.
+    Datum *key = static_cast<Datum *>(palloc0(sizeof(Datum) * (n + 1)));
+    bool *key_null = static_cast<bool *>(palloc(sizeof(bool) * (n + 1)));
+    KeyRow *rows = static_cast<KeyRow *>(palloc(sizeof(KeyRow) * (n + 1)));
+    Datum *distinct = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    bool *first = static_cast<bool *>(palloc0(sizeof(bool) * (n + 1)));
+    int nkeyed = 0, ndistinct = 0;
+    for (int i = 0; i < n; i++) {
+        key_null[i] = !keys.has(i);
+        if (key_null[i])
+            continue;
+        key[i] = PointerGetDatum(PG_DETOAST_DATUM_PACKED(keys.values[i]));
+        rows[nkeyed++] = {VARDATA_ANY(key[i]), static_cast<int>(VARSIZE_ANY_EXHDR(key[i])), i};
+    }
+    qsort(rows, nkeyed, sizeof(KeyRow), compare_key_row);
+    for (int r = 0; r < nkeyed; r++)
+        if (r == 0 || rows[r].len != rows[r - 1].len ||
+            memcmp(rows[r].key, rows[r - 1].key, rows[r].len) != 0) {
+            first[rows[r].index] = true;
+            distinct[ndistinct++] = key[rows[r].index];
+        }
+    lock_keys(queue, distinct, nullptr, ndistinct);
+
+    int level = pin_settings();
+    MemoryContext outer = CurrentMemoryContext;
+    SPI_connect();
+    // Which keys already have live jobs (read under the key locks, latest snapshot).
+    bool *busy = static_cast<bool *>(MemoryContextAllocZero(outer, sizeof(bool) * (n + 1)));
+    (void)per_leaf(queue, relid, kKeysBusy, distinct, ndistinct, [&] {
+        bool isnull;
+        for (uint64 r = 0; r < SPI_processed; r++) {
+            text *k = DatumGetTextPP(result(static_cast<int>(r), 1, &isnull));
+            KeyRow probe = {VARDATA_ANY(k), static_cast<int>(VARSIZE_ANY_EXHDR(k)), -1};
+            // The first row of this key sorts right after the probe (index -1).
+            int lo = 0, hi = nkeyed;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (compare_key_row(&rows[mid], &probe) < 0)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo < nkeyed && compare_key_row(&rows[lo], &probe) > 0 &&
+                rows[lo].len == probe.len && memcmp(rows[lo].key, probe.key, probe.len) == 0)
+                busy[rows[lo].index] = true;
+        }
+    });
+
+    int64 *rems = static_cast<int64 *>(palloc(sizeof(int64) * (n + 1)));
+    remainders_of(relid, key, key_null, n, rems);
+    Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
+    TimestampTz now = GetCurrentTransactionStartTimestamp();
+    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum *states = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum *when = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum *prio = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum *maxa = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    Datum waiting = CStringGetTextDatum("waiting"), delayed = CStringGetTextDatum("delayed"),
+          ready = CStringGetTextDatum("ready");
+    for (int i = 0; i < n; i++) {
+        ids[i] = Int64GetDatum(nextval_internal(seq, true) * kIdStride + rems[i]);
+        TimestampTz run_at = run_ats.has(i) ? DatumGetTimestampTz(run_ats.values[i]) : now;
+        when[i] = TimestampTzGetDatum(run_at);
+        prio[i] = priorities.has(i) ? priorities.values[i] : Int32GetDatum(0);
+        maxa[i] = attempts.has(i) ? attempts.values[i] : Int32GetDatum(5);
+        check(DatumGetInt32(maxa[i]) >= 1, "max_attempts must be at least 1");
+        bool waits = !key_null[i] && (!first[i] || busy[i]);
+        states[i] = waits ? waiting : run_at > now ? delayed : ready;
+    }
+    int lbound = 1;
+    Datum args[8] = {
+        CStringGetTextDatum(queue),
+        PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE)),
+        PointerGetDatum(
+            construct_md_array(key, key_null, 1, &n, &lbound, TEXTOID, -1, false, TYPALIGN_INT)),
+        PointerGetDatum(construct_array(payloads.values, n, JSONBOID, -1, false, TYPALIGN_INT)),
+        PointerGetDatum(construct_array(states, n, TEXTOID, -1, false, TYPALIGN_INT)),
+        PointerGetDatum(construct_array(when, n, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE)),
+        PointerGetDatum(construct_array(prio, n, INT4OID, 4, true, TYPALIGN_INT)),
+        PointerGetDatum(construct_array(maxa, n, INT4OID, 4, true, TYPALIGN_INT))};
+    if (n > 0)
+        run(kInsertMany, queue_table(queue), args, nullptr);
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    if (n > 0)
+        lockext_notify_after_commit(queue);
+
+    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+    Tuplestorestate *out = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setResult;
+    TupleDesc desc = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setDesc;
+    for (int i = 0; i < n; i++) {
+        bool isnull = false;
+        tuplestore_putvalues(out, desc, &ids[i], &isnull);
+    }
+    return (Datum)0;
 }
 
 // A job id for `key` in `queue` (its leaf's remainder in the low digits); see
@@ -868,5 +1029,5 @@ LOCKEXT_SQL_FUNCTION(dequeue)
 LOCKEXT_SQL_FUNCTION(complete)
 LOCKEXT_SQL_FUNCTION(complete_many)
 LOCKEXT_SQL_FUNCTION(job_id)
-LOCKEXT_SQL_FUNCTION(lock_keys_busy)
 LOCKEXT_SQL_FUNCTION(free_keys)
+LOCKEXT_SQL_FUNCTION(insert_jobs)

@@ -147,6 +147,15 @@ SELECT array_agg(id ORDER BY id) = array_agg(id) AS ids_in_order
   FROM lockext.enqueue_batch('orders', ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}']::jsonb[],
                              ARRAY['b', 'b', 'c']) AS id;
 SELECT payload FROM lockext.dequeue('orders', 10) ORDER BY id;
+-- In a batch, a key's job waits when the key already has live jobs or an
+-- earlier job in the same batch; unkeyed jobs never wait.
+DELETE FROM lockext.queue_orders;
+SELECT lockext.enqueue('orders', '{"n": 0}', 'x') > 0 AS x_head;
+SELECT count(*) FROM lockext.enqueue_batch('orders',
+    ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}', '{"n": 5}']::jsonb[],
+    ARRAY['x', 'y', 'y', NULL, 'z']);
+SELECT payload->>'n' AS n, key, state FROM lockext.queue_orders ORDER BY id;
+DELETE FROM lockext.queue_orders;
 
 -- enqueue notifies the queue's channel once the transaction commits (the
 -- database's notifier worker sends it a moment later: poll for it).
