@@ -966,7 +966,8 @@ Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
     remainders_of(relid, key, key_null, n, rems);
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
     TimestampTz now = GetCurrentTransactionStartTimestamp();
-    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    // The ids are returned after SPI_finish: keep them in the caller's context.
+    Datum *ids = static_cast<Datum *>(MemoryContextAlloc(outer, sizeof(Datum) * (n + 1)));
     Datum *states = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
     Datum *when = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
     Datum *prio = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));

@@ -151,10 +151,16 @@ SELECT payload FROM lockext.dequeue('orders', 10) ORDER BY id;
 -- earlier job in the same batch; unkeyed jobs never wait.
 DELETE FROM lockext.queue_orders;
 SELECT lockext.enqueue('orders', '{"n": 0}', 'x') > 0 AS x_head;
-SELECT count(*) FROM lockext.enqueue_batch('orders',
+CREATE TEMP TABLE batch_ids AS
+SELECT id, n FROM lockext.enqueue_batch('orders',
     ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}', '{"n": 5}']::jsonb[],
-    ARRAY['x', 'y', 'y', NULL, 'z']);
+    ARRAY['x', 'y', 'y', NULL, 'z']) WITH ORDINALITY AS b(id, n);
 SELECT payload->>'n' AS n, key, state FROM lockext.queue_orders ORDER BY id;
+-- The ids returned are the ids stored, in payload order.
+SELECT array_agg(b.id ORDER BY b.n) = array_agg(j.id ORDER BY b.n) AS returned_ids_are_stored
+  FROM batch_ids b JOIN lockext.queue_orders j ON (j.payload->>'n')::int = b.n;
+SELECT count(*) AS matched FROM batch_ids b JOIN lockext.queue_orders j USING (id);
+DROP TABLE batch_ids;
 DELETE FROM lockext.queue_orders;
 
 -- enqueue notifies the queue's channel once the transaction commits (the
