@@ -17,6 +17,7 @@ JOBS=$(nproc)
 # Stop the server and remove the build trees; the EXIT trap.
 cleanup() {
     stop_server
+    LOCKEXT_SERVER_DIR=${NOPRELOAD_DIR:-} stop_server
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -75,7 +76,16 @@ if [ "${LOCKEXT_CLIENT_SANITIZERS:-1}" != 0 ]; then
     build asan g++ "-fsanitize=address,undefined -fno-omit-frame-pointer -O1 -g" || exit 1
 fi
 
+# A second server with the extension created but the library not preloaded,
+# for the test of that error (SQLSTATE 55000); then the main one.
+start_server "shared_preload_libraries = ''"
+NOPRELOAD_DIR=$LOCKEXT_SERVER_DIR
+trap cleanup EXIT
+psql -X -q -c "CREATE EXTENSION lockext" || exit 1
+export LOCKEXT_TEST_NOPRELOAD_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
+LOCKEXT_SERVER_DIR=
 start_server
+trap cleanup EXIT  # start_server set its own trap; ours stops every server
 psql -X -q -c "CREATE EXTENSION lockext" || exit 1
 PG_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
 

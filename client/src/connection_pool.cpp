@@ -2,15 +2,18 @@
 // are at the top of connection_pool.hpp.
 #include "connection_pool.hpp"
 
-#include <poll.h>
+#include <libpq-fe.h>
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
+#include <cstdio>
+#include <iterator>
 #include <set>
 #include <string_view>
 #include <utility>
+#include <vector>
 
+#include "idle_socket.hpp"
 #include "lockext/lockext.hpp"
 
 namespace lockext::detail {
@@ -20,30 +23,33 @@ namespace lockext::detail {
 struct PooledSlot {
     std::unique_ptr<pqxx::connection> conn;
     std::unique_ptr<pqxx::quiet_errorhandler> quiet;
+    // When it was last given back (only its holder touches it).
+    std::chrono::steady_clock::time_point returned_at{};
 };
 
 namespace {
 
-// Whether an idle connection may still be used. Nothing arrives unasked on an
-// idle connection of ours (we never LISTEN), so anything readable is the
-// server's goodbye: a FATAL (pg_terminate_backend, idle_session_timeout,
-// shutdown) or the end of the stream. The check costs one poll() per call
-// (about 2% of an uncontended acquire + release) and buys two things: no call
-// fails on a connection that died while idle, and libpqxx 6 is never handed
-// such a connection, on which a call leaks its PGresult (libpqxx reads the
-// dead connection's client encoding before taking the result over, and that
-// throws). A connection that breaks during a call still leaks about 2 kB.
+// The health check of an idle connection. Nothing arrives unasked on an idle
+// connection of ours (we never LISTEN), so anything readable is the server's
+// goodbye: a FATAL (pg_terminate_backend, idle_session_timeout, shutdown) or
+// the end of the stream. The check costs one poll() and buys two things: no
+// call fails on a connection that died while idle, and libpqxx 6 is never
+// handed such a connection, on which a call leaks its PGresult (libpqxx reads
+// the dead connection's client encoding before taking the result over, and
+// that throws). A connection that breaks during a call still leaks about 2 kB.
+//
+// A connection given back less than kFreshFor ago skips the check. In a busy
+// caller (an acquire, its release, the next acquire) the poll was one of six
+// system calls per statement, and a connection that dies in so short an idle
+// gap is the same risk as one that dies between the poll and the call, which
+// the check never covered: an idempotent call (renew, release) is retried
+// once on a new connection, an acquire reports BackendUnavailable (and a wait
+// retries it).
+constexpr std::chrono::microseconds kFreshFor{200};
+
+// Whether an idle connection may still be used: poll() finds nothing to read.
 bool looks_alive(pqxx::connection &conn) {
-    if (!conn.is_open())
-        return false;
-    pollfd p{};
-    p.fd = conn.sock();
-    p.events = POLLIN;
-    int r;
-    do {
-        r = ::poll(&p, 1, 0);
-    } while (r < 0 && errno == EINTR);
-    return r == 0;
+    return conn.is_open() && idle_socket_is_quiet(conn.sock());
 }
 
 // The keys of a URI's query string ("?a=1&b=2" gives {a, b}).
@@ -121,13 +127,38 @@ std::string clean_message(std::string_view message) {
     return out;
 }
 
+namespace {
+
+// message with every copy of conninfo (which may hold a password) replaced by <url>.
+std::string without_conninfo(std::string message, const std::string &conninfo) {
+    for (auto at = message.find(conninfo); !conninfo.empty() && at != std::string::npos;
+         at = message.find(conninfo, at))
+        message.replace(at, conninfo.size(), "<url>");
+    return message;
+}
+
+}  // namespace
+
+// Parse conninfo as libpq will, and reject what it cannot parse. Unlike the
+// message shapes in throw_connect_error(), this does not depend on libpq's
+// (translated) wording.
+void check_conninfo(const std::string &conninfo) {
+    char *error = nullptr;
+    PQconninfoOption *options = PQconninfoParse(conninfo.c_str(), &error);
+    if (options) {
+        PQconninfoFree(options);
+        return;
+    }
+    std::string why = error ? error : "out of memory while parsing it";
+    if (error)
+        PQfreemem(error);
+    throw InvalidArgument("invalid PostgreSQL URL: " +
+                          clean_message(without_conninfo(why, conninfo)));
+}
+
 // Classify a failed connect as a bad URL or an unreachable server.
 void throw_connect_error(const std::string &libpq_message, const std::string &conninfo) {
-    std::string raw = libpq_message;
-    for (auto at = raw.find(conninfo); !conninfo.empty() && at != std::string::npos;
-         at = raw.find(conninfo, at))
-        raw.replace(at, conninfo.size(), "<url>");
-    const std::string message = clean_message(raw);
+    const std::string message = clean_message(without_conninfo(libpq_message, conninfo));
     // libpq rejects a malformed URI or option before connecting, with
     // messages of these shapes (since PostgreSQL 14 after a "connection to
     // server ... failed: " prefix); everything else (refused, timeouts,
@@ -209,7 +240,8 @@ ConnectionPool::Handle ConnectionPool::checkout(Use use) {
             idle_.pop_back();
         }
     }
-    if (slot && looks_alive(*slot->conn))
+    if (slot && (std::chrono::steady_clock::now() - slot->returned_at < kFreshFor ||
+                 looks_alive(*slot->conn)))
         return Handle(this, std::move(slot), use, true);
     // Died while idle: close it (outside the mutex) and open a new one.
     slot.reset();
@@ -244,7 +276,11 @@ std::unique_ptr<PooledSlot> ConnectionPool::open_connection() {
 // Keep the connection, trim the idle surplus once no wait is in flight, and
 // let a blocked quick checkout go.
 void ConnectionPool::give_back(std::unique_ptr<PooledSlot> slot, Use use) noexcept {
-    std::deque<std::unique_ptr<PooledSlot>> surplus;  // closed after unlocking
+    // Closed after unlocking. Empty on every return but a burst's end, and an
+    // empty vector allocates nothing (an empty deque would, twice per call).
+    std::vector<std::unique_ptr<PooledSlot>> surplus;
+    if (slot)
+        slot->returned_at = std::chrono::steady_clock::now();
     {
         MutexLock lock(mu_);
         if (use == Use::quick)
@@ -253,9 +289,12 @@ void ConnectionPool::give_back(std::unique_ptr<PooledSlot> slot, Use use) noexce
             --waits_;
         if (slot)
             idle_.push_back(std::move(slot));
-        while (waits_ == 0 && idle_.size() > size_) {
-            surplus.push_back(std::move(idle_.front()));
-            idle_.pop_front();
+        if (waits_ == 0 && idle_.size() > size_) {
+            // The oldest (front) go; the most recently used stay.
+            const auto extra = static_cast<std::ptrdiff_t>(idle_.size() - size_);
+            surplus.assign(std::make_move_iterator(idle_.begin()),
+                           std::make_move_iterator(idle_.begin() + extra));
+            idle_.erase(idle_.begin(), idle_.begin() + extra);
         }
     }
     if (use == Use::quick)
@@ -279,13 +318,18 @@ std::string sqlstate_of(const pqxx::failure &e) {
     return {};
 }
 
-// "<hostname>:<pid>", computed once.
+// "<hostname>:<pid>", computed once; cut from the front to the extension's
+// 128-byte limit (the pid, the part that tells processes apart, stays).
 const std::string &default_owner() {
     static const std::string owner = [] {
         std::array<char, 256> host{};
-        if (gethostname(host.data(), host.size() - 1) != 0)
-            host[0] = '\0';
-        return std::string(host.data()) + ":" + std::to_string(getpid());
+        if (gethostname(host.data(), host.size() - 1) != 0 || host[0] == '\0')
+            std::snprintf(host.data(), host.size(), "unknown-host");
+        std::string o = std::string(host.data()) + ":" + std::to_string(getpid());
+        constexpr std::size_t kMaxOwnerBytes = 128;
+        if (o.size() > kMaxOwnerBytes)
+            o.erase(0, o.size() - kMaxOwnerBytes);
+        return o;
     }();
     return owner;
 }

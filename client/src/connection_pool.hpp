@@ -29,11 +29,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <pqxx/pqxx>
 
@@ -105,8 +105,10 @@ class ConnectionPool {
 
     Mutex mu_;
     std::condition_variable quick_cv_;
-    // Connected and free, most recently used at the back.
-    std::deque<std::unique_ptr<PooledSlot>> idle_ GUARDED_BY(mu_);
+    // Connected and free, most recently used at the back. A vector, not a
+    // deque: checkouts and returns only touch the back, and a deque allocates
+    // or frees a block whenever its one element crosses a block boundary.
+    std::vector<std::unique_ptr<PooledSlot>> idle_ GUARDED_BY(mu_);
     // Quick checkouts running (or connecting); at most size_.
     std::size_t quick_busy_ GUARDED_BY(mu_) = 0;
     // Wait checkouts running (or connecting).
@@ -118,6 +120,12 @@ class ConnectionPool {
 // and, unless the URL sets `options`, statement_timeout = 0 so lock waits are
 // bounded by LockOptions::wait alone).
 std::string pool_conninfo(std::string_view url);
+
+// Throw InvalidArgument, naming what is wrong, when libpq cannot parse
+// conninfo (bad URI syntax, an unknown option); nothing is contacted. Values
+// libpq only checks when connecting (a port or timeout that is not a number)
+// still fail in checkout(), before any network traffic, as InvalidArgument.
+void check_conninfo(const std::string &conninfo);
 
 // Throw the lockext error for a failed connection attempt to conninfo:
 // InvalidArgument when libpq rejected the URI itself, BackendUnavailable

@@ -13,6 +13,7 @@
 #include "lockext/backend.hpp"
 #include "lockext/lockext.hpp"
 #include "lockext/metrics.hpp"
+#include "metrics_series.hpp"
 #include "watchdog.hpp"
 
 namespace lockext::detail {
@@ -37,11 +38,10 @@ class Core {
     Metrics &metrics() const noexcept {
         return *metrics_;
     }
-    // The bounded metrics label for a lock name.
-    std::string lock_class(std::string_view name) const;
-    // "<hostname>:<pid>", used when LockOptions::owner is empty.
-    const std::string &default_owner() const noexcept {
-        return default_owner_;
+    // The metrics series of a lock name's class: the mapper's class, or
+    // "default" (resolved once, when the manager was made) when there is none.
+    const LockSeries &series_for(std::string_view name) const {
+        return lock_class_ ? mapped_series(name) : *default_series_;
     }
     // Renews auto-renewed leases.
     Watchdog &watchdog() noexcept {
@@ -58,15 +58,22 @@ class Core {
     }
 
   private:
+    // series_for() through the class mapper.
+    const LockSeries &mapped_series(std::string_view name) const;
+
     const std::shared_ptr<Backend> backend_;
     const std::string_view kind_;
     const std::shared_ptr<Metrics> metrics_owner_;  // null when using default_metrics()
     Metrics *const metrics_;
     const std::function<std::string(std::string_view)> lock_class_;
-    const std::string default_owner_;
+    const LockSeries *const default_series_;  // class "default"
     std::atomic<std::uint64_t> release_errors_{0};
     // Last, so it is destroyed (its thread stopped) before anything it could use.
     Watchdog watchdog_;
 };
+
+// A delay drawn uniformly from [d/2, d], so clients that failed together do
+// not retry together.
+std::chrono::milliseconds jittered(std::chrono::milliseconds d);
 
 }  // namespace lockext::detail

@@ -21,9 +21,10 @@ std::chrono::milliseconds retry_delay(std::chrono::milliseconds ttl) noexcept {
     return std::max(std::min(ttl / 10, milliseconds(1000)), milliseconds(10));
 }
 
-// Seconds between two steady time points, for histograms.
+// Seconds between two steady time points, for histograms (a multiply: a
+// division costs more than the rest of the histogram update).
 double seconds_between(Steady::time_point from, Steady::time_point to) noexcept {
-    return std::chrono::duration<double>(to - from).count();
+    return static_cast<double>(std::chrono::nanoseconds(to - from).count()) * 1e-9;
 }
 
 }  // namespace
@@ -44,12 +45,12 @@ Steady::time_point saturating_add(Steady::time_point a, std::chrono::millisecond
 }
 
 // A freshly granted lease; by our clock it runs out at sent_at + ttl.
-LockState::LockState(std::shared_ptr<Core> core_, Lease lease_, std::string lock_class_,
+LockState::LockState(std::shared_ptr<Core> core_, Lease lease_, const LockSeries &series_,
                      std::chrono::milliseconds ttl, bool auto_renew_, Steady::time_point sent_at,
                      Steady::time_point acquired_at_)
     : core(std::move(core_)),
       lease(std::move(lease_)),
-      lock_class(std::move(lock_class_)),
+      series(series_),
       acquired_at(acquired_at_),
       auto_renew(auto_renew_),
       ttl_(ttl),
@@ -58,14 +59,79 @@ LockState::LockState(std::shared_ptr<Core> core_, Lease lease_, std::string lock
 
 // A state still queued at the watchdog (never released) must leave the queue.
 LockState::~LockState() {
-    if (watch.queued.load(std::memory_order_relaxed))
+    if (watch.queued.load(std::memory_order_acquire))
         core->watchdog().unwatch(*this);
+}
+
+namespace {
+
+// Freed LockState storage kept per thread for the next acquire. Trivially
+// destructible, so reaching it costs no initialization check, and it can
+// still be reached (and found closed) while the thread's other thread_local
+// objects are being destroyed.
+struct StateCache {
+    static constexpr int kSize = 16;
+    void *blocks[kSize];
+    int count = 0;
+    bool closed = false;  // the thread is exiting: use the heap
+};
+thread_local StateCache state_cache;
+
+// Empties the thread's cache when the thread ends. It is created by the
+// first block the cache keeps (a thread_local with a destructor is created on
+// first use), so it exists whenever the cache holds anything.
+struct StateCacheCloser {
+    // Make sure this thread's closer exists.
+    void arm() noexcept {}
+    // Free the cached blocks and send later frees to the heap.
+    ~StateCacheCloser() {
+        state_cache.closed = true;
+        while (state_cache.count > 0)
+            ::operator delete(state_cache.blocks[--state_cache.count]);
+    }
+};
+thread_local StateCacheCloser state_cache_closer;
+
+}  // namespace
+
+// AddressSanitizer cannot see a use after free of a recycled block, so its
+// builds send every state to the heap.
+#if defined(__SANITIZE_ADDRESS__)
+#define LOCKEXT_STATE_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LOCKEXT_STATE_CACHE 0
+#endif
+#endif
+#ifndef LOCKEXT_STATE_CACHE
+#define LOCKEXT_STATE_CACHE 1
+#endif
+
+// A cached block of this thread, or a new one.
+void *LockState::operator new(std::size_t size) {
+    StateCache &cache = state_cache;
+    if (LOCKEXT_STATE_CACHE && size == sizeof(LockState) && cache.count > 0)
+        return cache.blocks[--cache.count];
+    return ::operator new(size);
+}
+
+// Keep the block for this thread's next acquire while there is room. (Any
+// thread may free a state: the watchdog, or one a Lock was moved to.)
+void LockState::operator delete(void *p) noexcept {
+    StateCache &cache = state_cache;
+    if (LOCKEXT_STATE_CACHE && !cache.closed && cache.count < StateCache::kSize) {
+        if (cache.count == 0)
+            state_cache_closer.arm();
+        cache.blocks[cache.count++] = p;
+        return;
+    }
+    ::operator delete(p);
 }
 
 // Flag the lease lost; returns who to tell (nothing if released or already lost).
 LockState::LostNotice LockState::mark_lost() {
     LostNotice notice;
-    if (released_ || lost_)
+    if (released_.load(std::memory_order_relaxed) || lost_)
         return notice;
     lost_ = true;
     notice.fire = true;
@@ -79,12 +145,8 @@ LockState::LostNotice LockState::mark_lost() {
 void LockState::deliver(LostNotice notice) noexcept {
     if (!notice.fire)
         return;
-    try {
-        core->metrics().count_renewal(core->kind(), "lost");
-        core->metrics().count_lost(core->kind(), lock_class);
-    } catch (...) {
-        // Metrics must never turn a loss report into a crash.
-    }
+    series.renewal_lost->inc();
+    series.lost->inc();
     if (notice.stop)
         notice.stop->request_stop();
     for (auto &callback : notice.callbacks) {
@@ -106,7 +168,7 @@ std::chrono::system_clock::time_point LockState::renew(
     std::chrono::milliseconds ttl;
     {
         MutexLock lock(mu);
-        if (released_)
+        if (released_.load(std::memory_order_relaxed))
             throw LockLost("lock '" + lease.name + "' was released");
         if (lost_)
             throw LockLost("lease on '" + lease.name + "' was lost");
@@ -117,7 +179,7 @@ std::chrono::system_clock::time_point LockState::renew(
     try {
         expiry = core->backend().renew(lease, ttl);
     } catch (...) {
-        core->metrics().count_renewal(core->kind(), "error");
+        series.renewal_error->inc();
         throw;
     }
     if (!expiry) {
@@ -136,40 +198,40 @@ std::chrono::system_clock::time_point LockState::renew(
         expires_at_ = *expiry;
         local_deadline_ = saturating_add(sent_at, ttl);
     }
-    core->metrics().count_renewal(core->kind(), "ok");
+    series.renewed->inc();
     // The next watchdog renewal must follow the new ttl, not the old schedule.
     if (auto_renew)
-        core->watchdog().watch(shared_from_this(), saturating_add(sent_at, renew_interval(ttl)));
+        core->watchdog().watch(*this, saturating_add(sent_at, renew_interval(ttl)));
     return *expiry;
 }
 
-// Release once; later calls retry only if the backend call failed.
+// Release once; later calls retry only if the backend call failed. Every
+// backend call is counted by its outcome; the hold ends at the first call.
 bool LockState::release() {
     MutexLock op(op_mu);
-    bool first;
-    {
-        MutexLock lock(mu);
-        if (released_ && !release_failed_)
-            return false;
-        first = !released_;
-        released_ = true;
-    }
+    const bool first = !released_.load(std::memory_order_relaxed);
+    if (!first && !release_failed_)
+        return false;
+    released_.store(true, std::memory_order_relaxed);
     Steady::time_point now{};
     if (first) {
         if (auto_renew)
             core->watchdog().unwatch(*this);
         now = Steady::now();
-        core->metrics().observe_hold(core->kind(), lock_class, seconds_between(acquired_at, now));
+        series.hold->observe(seconds_between(acquired_at, now));
     }
+    bool held;
     try {
         ClockHint::Offer hint(now);  // none on a retry: the backend reads the clock
-        const bool held = core->backend().release(lease);
-        release_failed_ = false;
-        return held;
+        held = core->backend().release(lease);
     } catch (...) {
         release_failed_ = true;
+        series.release_error->inc();
         throw;
     }
+    release_failed_ = false;
+    (held ? series.released_held : series.released_not_held)->inc();
+    return held;
 }
 
 // One watchdog renewal. Outcomes: renewed → due again after renew_interval;
@@ -180,7 +242,7 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
         // A user renew or the release is running; look again shortly (not at
         // the deadline: that may have passed, and we must not spin).
         MutexLock lock(mu);
-        if (released_ || lost_)
+        if (released_.load(std::memory_order_relaxed) || lost_)
             return std::nullopt;
         return Steady::now() + retry_delay(ttl_);
     }
@@ -188,7 +250,7 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
     Steady::time_point deadline;
     {
         MutexLock lock(mu);
-        if (released_ || lost_) {
+        if (released_.load(std::memory_order_relaxed) || lost_) {
             op_mu.unlock();
             return std::nullopt;
         }
@@ -219,13 +281,8 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
             next = std::min(now + retry_delay(ttl), deadline);
     }
     op_mu.unlock();
-    if (next) {
-        try {
-            core->metrics().count_renewal(core->kind(), failed ? "error" : "ok");
-        } catch (...) {
-            // Metrics must never stop the renewals.
-        }
-    }
+    if (next)
+        (failed ? series.renewal_error : series.renewed)->inc();
     deliver(std::move(notice));
     return next;
 }
@@ -233,7 +290,7 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
 // Held as far as this process knows.
 bool LockState::is_held() const {
     MutexLock lock(mu);
-    return !released_ && !lost_ && Steady::now() < local_deadline_;
+    return !released_.load(std::memory_order_relaxed) && !lost_ && Steady::now() < local_deadline_;
 }
 
 // The latest expiry the backend reported.
@@ -248,7 +305,7 @@ void LockState::on_lost(std::function<void()> callback) {
         MutexLock lock(mu);
         if (!lost_) {
             // After a release it can never fire; keeping it is harmless.
-            if (!released_)
+            if (!released_.load(std::memory_order_relaxed))
                 callbacks_.push_back(std::move(callback));
             return;
         }
@@ -277,10 +334,10 @@ const std::string empty_name;
 }  // namespace
 
 // Wrap a granted lease.
-Lock::Lock(std::shared_ptr<detail::LockState> state) : state_(std::move(state)) {}
+Lock::Lock(detail::LockState *state) noexcept : state_(state) {}
 
 // Take over other's lease; other becomes inert.
-Lock::Lock(Lock &&other) noexcept = default;
+Lock::Lock(Lock &&other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
 
 // Release the current lease (never throwing), then take over other's.
 Lock &Lock::operator=(Lock &&other) noexcept {
@@ -291,8 +348,9 @@ Lock &Lock::operator=(Lock &&other) noexcept {
             } catch (...) {
                 state_->core->count_release_error();
             }
+            detail::LockState::unref(state_);
         }
-        state_ = std::move(other.state_);
+        state_ = std::exchange(other.state_, nullptr);
     }
     return *this;
 }
@@ -306,6 +364,7 @@ Lock::~Lock() {
     } catch (...) {
         state_->core->count_release_error();
     }
+    detail::LockState::unref(state_);
 }
 
 // The lock's name ("" when moved from).

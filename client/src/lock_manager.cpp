@@ -3,10 +3,8 @@
 // Everything here is the same on every backend; backends only talk to their
 // store. Core is immutable after construction (the watchdog synchronizes
 // itself), so this file needs no mutex of its own.
-#include <unistd.h>
-
 #include <algorithm>
-#include <climits>
+#include <memory>
 #include <random>
 #include <thread>
 #include <utility>
@@ -26,17 +24,6 @@ using Steady = std::chrono::steady_clock;
 // Longest name or owner, in bytes (as the extension enforces).
 constexpr std::size_t kMaxNameBytes = 128;
 
-// "<hostname>:<pid>", the owner shown in holder views by default.
-std::string make_default_owner() {
-    char host[HOST_NAME_MAX + 1] = {};
-    if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
-        std::snprintf(host, sizeof host, "unknown-host");
-    std::string owner = std::string(host) + ":" + std::to_string(getpid());
-    if (owner.size() > kMaxNameBytes)
-        owner.erase(0, owner.size() - kMaxNameBytes);  // keep the pid
-    return owner;
-}
-
 }  // namespace
 
 // Bind the backend, metrics and class mapper; the watchdog starts on demand.
@@ -46,17 +33,25 @@ Core::Core(std::shared_ptr<Backend> backend, ConnectOptions options)
       metrics_owner_(std::move(options.metrics)),
       metrics_(metrics_owner_ ? metrics_owner_.get() : &default_metrics()),
       lock_class_(std::move(options.lock_class)),
-      default_owner_(make_default_owner()) {
+      default_series_(backend_ ? &MetricsAccess::lock_series(*metrics_, kind_, "default")
+                               : nullptr) {
     if (!backend_)
         throw InvalidArgument("LockManager needs a backend, got null");
 }
 
-// The metrics class of a lock: the mapper's answer, or "default".
-std::string Core::lock_class(std::string_view name) const {
-    if (!lock_class_)
-        return "default";
-    std::string cls = lock_class_(name);
-    return cls.empty() ? std::string("default") : cls;
+// The series of the mapper's class for name ("default" when it answers "").
+const LockSeries &Core::mapped_series(std::string_view name) const {
+    const std::string cls = lock_class_(name);
+    return cls.empty() ? *default_series_ : MetricsAccess::lock_series(*metrics_, kind_, cls);
+}
+
+// A delay drawn uniformly from [d/2, d], so clients that failed together do
+// not retry together.
+std::chrono::milliseconds jittered(std::chrono::milliseconds d) {
+    thread_local std::minstd_rand rng(static_cast<unsigned>(
+        std::random_device{}() ^ std::hash<std::thread::id>{}(std::this_thread::get_id())));
+    std::uniform_int_distribution<std::chrono::milliseconds::rep> pick(d.count() / 2, d.count());
+    return std::chrono::milliseconds(pick(rng));
 }
 
 namespace {
@@ -95,15 +90,6 @@ void check_options(const LockOptions &o) {
     check_text("owner", o.owner, true);
 }
 
-// A delay drawn uniformly from [d/2, d], so clients that failed together do
-// not retry together.
-std::chrono::milliseconds jittered(std::chrono::milliseconds d) {
-    thread_local std::minstd_rand rng(static_cast<unsigned>(
-        std::random_device{}() ^ std::hash<std::thread::id>{}(std::this_thread::get_id())));
-    std::uniform_int_distribution<std::chrono::milliseconds::rep> pick(d.count() / 2, d.count());
-    return std::chrono::milliseconds(pick(rng));
-}
-
 // Milliseconds left until deadline (rounded up so a wait is never cut short), at least 0.
 std::chrono::milliseconds remaining(Steady::time_point deadline, Steady::time_point now) {
     if (deadline == Steady::time_point::max())
@@ -113,9 +99,48 @@ std::chrono::milliseconds remaining(Steady::time_point deadline, Steady::time_po
     return std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
 }
 
-// Seconds between two steady time points, for histograms.
+// Seconds between two steady time points, for histograms (a multiply: a
+// division costs more than the rest of the histogram update).
 double seconds_between(Steady::time_point from, Steady::time_point to) noexcept {
-    return std::chrono::duration<double>(to - from).count();
+    return static_cast<double>(std::chrono::nanoseconds(to - from).count()) * 1e-9;
+}
+
+// The backend's answer to acquire, trying again (with jittered backoff) while
+// it is unreachable and options.wait has time left. sent_at is when the first
+// attempt was sent; it becomes the send time of the attempt that answered.
+// Returns the backend's optional directly, so it is never default-built and
+// then assigned (that zeroes and copies about 100 bytes per call). The first
+// attempt passes the caller's options untouched (an empty owner is the
+// backend's to fill, see backend.hpp); retries send a copy with the wait that
+// is left.
+std::optional<Lease> acquire_with_retries(Core &core, const LockSeries &series,
+                                          std::string_view name, const LockOptions &options,
+                                          Steady::time_point &sent_at) {
+    const auto deadline = saturating_add(sent_at, options.wait);
+    auto delay = options.retry.initial;
+    std::unique_ptr<LockOptions> retry;  // not std::optional: that zeroes 88 bytes per call
+    for (;;) {
+        try {
+            ClockHint::Offer hint(sent_at);
+            return core.backend().acquire(name, retry ? *retry : options);
+        } catch (const BackendUnavailable &) {
+            const auto now = Steady::now();
+            if (options.wait == std::chrono::milliseconds::zero() || now >= deadline) {
+                series.acquire_error->inc();
+                throw;
+            }
+            const auto pause = std::min(jittered(delay), remaining(deadline, now));
+            std::this_thread::sleep_for(pause);
+            delay = std::min(delay * 2, options.retry.max);
+            sent_at = Steady::now();
+            if (!retry)
+                retry = std::make_unique<LockOptions>(options);
+            retry->wait = remaining(deadline, sent_at);
+        } catch (...) {
+            series.acquire_error->inc();
+            throw;
+        }
+    }
 }
 
 }  // namespace
@@ -132,79 +157,37 @@ LockManager::LockManager(std::shared_ptr<detail::Backend> backend, ConnectOption
 LockManager::~LockManager() = default;
 
 // One acquire with outage retries; empty when not obtained within options.wait.
+//
+// Hot path (an uncontended in-process acquire): one steady clock reading,
+// taken before the call, is the start of the wait, the backend's "now" (via
+// ClockHint), the lease's local deadline and, when the backend says it granted
+// at that reading, the start of the hold. Metrics go to series resolved once.
 std::optional<Lock> LockManager::try_acquire(std::string_view name, const LockOptions &options) {
     detail::check_text("lock name", name, false);
     detail::check_options(options);
     detail::Core &core = *core_;
-    const std::string lock_class = core.lock_class(name);
-
-    // The backend sees the filled-in owner and, on retries, the wait that is
-    // left. One reusable copy per thread keeps the hot path free of
-    // allocations; a backend that acquires again from inside acquire() (a
-    // decorator over another manager) gets a fresh copy instead.
-    thread_local LockOptions scratch;
-    thread_local bool scratch_in_use = false;
-    std::optional<LockOptions> nested;
-    LockOptions &effective = scratch_in_use ? nested.emplace() : scratch;
-    struct ScratchGuard {
-        bool *flag;
-        bool owned;
-        // Frees the per-thread copy for the next call.
-        ~ScratchGuard() {
-            if (owned)
-                *flag = false;
-        }
-    } guard{&scratch_in_use, !scratch_in_use};
-    scratch_in_use = true;
-    effective.ttl = options.ttl;
-    effective.wait = options.wait;
-    effective.mode = options.mode;
-    effective.max_holders = options.max_holders;
-    effective.owner = options.owner.empty() ? core.default_owner() : options.owner;
-    effective.retry = options.retry;
-    effective.auto_renew = options.auto_renew;
+    const detail::LockSeries &series = core.series_for(name);
 
     const auto started = Steady::now();
-    const auto deadline = detail::saturating_add(started, options.wait);
-    auto delay = options.retry.initial;
-    auto sent_at = started;
-    std::optional<detail::Lease> lease;
-    for (;;) {
-        try {
-            detail::ClockHint::Offer hint(sent_at);
-            lease = core.backend().acquire(name, effective);
-            break;
-        } catch (const BackendUnavailable &) {
-            const auto now = Steady::now();
-            if (options.wait == std::chrono::milliseconds::zero() || now >= deadline) {
-                core.metrics().count_acquire(core.kind(), lock_class, "error");
-                throw;
-            }
-            const auto pause = std::min(detail::jittered(delay), detail::remaining(deadline, now));
-            std::this_thread::sleep_for(pause);
-            delay = std::min(delay * 2, options.retry.max);
-            sent_at = Steady::now();
-            effective.wait = detail::remaining(deadline, sent_at);
-        } catch (...) {
-            core.metrics().count_acquire(core.kind(), lock_class, "error");
-            throw;
-        }
-    }
-    const auto obtained_at = Steady::now();
-    core.metrics().observe_wait(core.kind(), lock_class,
-                                detail::seconds_between(started, obtained_at));
+    auto sent_at = started;  // of the attempt that answered
+    std::optional<detail::Lease> lease =
+        detail::acquire_with_retries(core, series, name, options, sent_at);
+    // A backend that knows when it granted saves a clock reading (about as
+    // much as the whole in-memory lookup costs).
+    const auto obtained_at =
+        lease && lease->granted_at != Steady::time_point{} ? lease->granted_at : Steady::now();
+    series.wait->observe(detail::seconds_between(started, obtained_at));
     if (!lease) {
-        core.metrics().count_acquire(core.kind(), lock_class, "not_obtained");
+        series.not_obtained->inc();
         return std::nullopt;
     }
-    core.metrics().count_acquire(core.kind(), lock_class, "acquired");
-    auto state =
-        std::make_shared<detail::LockState>(core_, std::move(*lease), lock_class, options.ttl,
-                                            options.auto_renew, sent_at, obtained_at);
+    series.acquired->inc();
+    Lock lock(new detail::LockState(core_, std::move(*lease), series, options.ttl,
+                                    options.auto_renew, sent_at, obtained_at));
     if (options.auto_renew)
-        core.watchdog().watch(state,
+        core.watchdog().watch(*lock.state_,
                               detail::saturating_add(sent_at, detail::renew_interval(options.ttl)));
-    return Lock(std::move(state));
+    return lock;
 }
 
 // The lock, or NotObtained.

@@ -11,8 +11,20 @@
 //   mu guards the fields below it and is held only briefly (never across a
 //     backend call or a user callback), so is_held(), expires_at() and
 //     on_lost() never wait for the network. Order: op_mu before mu.
+//   released_ is written only under op_mu, so every backend call (they all
+//     run under op_mu) sees it exactly; it is atomic so that is_held() and
+//     on_lost() can read it under mu alone, and release() need not take mu.
 //   watch is the watchdog's bookkeeping, guarded by the watchdog's mutex
 //     (see watchdog.cpp).
+//
+// Lifetime: the state counts its own references (refs_): one for the Lock
+// that owns it, and one more while the watchdog renews it. The watchdog's
+// queue holds plain pointers; it takes a reference with try_ref() under its
+// mutex while the state is still queued, and a state whose count reached zero
+// leaves the queue in its destructor, under that same mutex (see
+// watchdog.cpp). No std::shared_ptr: its control block costs two more atomic
+// operations per lock, and the memory comes from a small per-thread cache of
+// freed states, so an uncontended acquire + release allocates nothing.
 #pragma once
 
 #include <atomic>
@@ -31,11 +43,11 @@
 
 namespace lockext::detail {
 
-struct LockState : std::enable_shared_from_this<LockState> {
+struct LockState {
     using Steady = std::chrono::steady_clock;
 
     // A freshly granted lease; sent_at is when the acquire request was sent.
-    LockState(std::shared_ptr<Core> core, Lease lease, std::string lock_class,
+    LockState(std::shared_ptr<Core> core, Lease lease, const LockSeries &series,
               std::chrono::milliseconds ttl, bool auto_renew, Steady::time_point sent_at,
               Steady::time_point acquired_at);
 
@@ -63,13 +75,37 @@ struct LockState : std::enable_shared_from_this<LockState> {
     std::stop_token lost_token() EXCLUDES(mu);
 
     const std::shared_ptr<Core> core;
-    const Lease lease;  // lease.expires_at is the grant's; see expires_at_ for the latest
-    const std::string lock_class;
+    const Lease lease;         // lease.expires_at is the grant's; see expires_at_ for the latest
+    const LockSeries &series;  // metrics of the lock's class (in core's registry)
     const Steady::time_point acquired_at;  // start of the hold, for metrics
     const bool auto_renew;
 
     // Stops the watchdog from referring to this state.
     ~LockState();
+    LockState(const LockState &) = delete;
+    LockState &operator=(const LockState &) = delete;
+
+    // Drop a reference; the last one destroys the state.
+    static void unref(LockState *state) noexcept {
+        if (state->refs_.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            delete state;
+    }
+    // Take a reference unless the count already reached zero (the state is
+    // being destroyed). Only for the watchdog, on a state that is still queued.
+    bool try_ref() noexcept {
+        int n = refs_.load(std::memory_order_relaxed);
+        while (n > 0) {
+            if (refs_.compare_exchange_weak(n, n + 1, std::memory_order_acquire,
+                                            std::memory_order_relaxed))
+                return true;
+        }
+        return false;
+    }
+
+    // Storage from the calling thread's cache of freed states, or the heap.
+    static void *operator new(std::size_t size);
+    // Back to the calling thread's cache (bounded), or the heap.
+    static void operator delete(void *p) noexcept;
 
     // The watchdog's bookkeeping (see watchdog.cpp for its lock).
     WatchSlot watch;
@@ -87,8 +123,11 @@ struct LockState : std::enable_shared_from_this<LockState> {
     // Tell them: metrics, the stop token, the callbacks.
     void deliver(LostNotice notice) noexcept EXCLUDES(mu);
 
+    std::atomic<int> refs_{1};
+
     mutable Mutex op_mu ACQUIRED_BEFORE(mu);
     bool release_failed_ GUARDED_BY(op_mu) = false;  // retry the backend on the next release()
+    std::atomic<bool> released_{false};              // written under op_mu only
 
     mutable Mutex mu;
     std::chrono::milliseconds ttl_ GUARDED_BY(mu);
@@ -96,7 +135,6 @@ struct LockState : std::enable_shared_from_this<LockState> {
     // When the lease runs out by our own clock: the send time of the last
     // successful acquire/renew plus its ttl. Conservative whatever the latency.
     Steady::time_point local_deadline_ GUARDED_BY(mu);
-    bool released_ GUARDED_BY(mu) = false;
     bool lost_ GUARDED_BY(mu) = false;
     std::vector<std::function<void()>> callbacks_ GUARDED_BY(mu);
     // Created on first lost_token(): most locks never need one.

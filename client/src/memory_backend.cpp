@@ -19,8 +19,8 @@
 //
 // Locking protocol:
 //   The table is split into shards by name; Shard::mu guards that shard's
-//   entries, every Entry in it, every Waiter queued on them, the idle list and
-//   the spare nodes. All reads and writes of an entry happen under its shard's mu, so
+//   index, every Entry in it, every Waiter queued on them, the idle list and
+//   the spare entries. All reads and writes of an entry happen under its shard's mu, so
 //   grants, expiry and the queue are consistent without further locks.
 //   Waiters sleep on their own condition variable (with their shard's mu)
 //   until granted, their deadline, or the next expiry among the holders,
@@ -33,11 +33,11 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
-#include <functional>
-#include <thread>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
-#include <unordered_map>
+#include <thread>
 #include <vector>
 
 #include "backends.hpp"
@@ -75,8 +75,11 @@ struct Waiter {
     Waiter *next = nullptr;
 };
 
-// Everything about one name.
+// Everything about one name. Allocated on its own, so its address is stable
+// for as long as it is in its shard's index (waiters point into it).
 struct Entry {
+    std::string name;
+    std::uint64_t hash = 0;  // name_hash(name)
     bool semaphore = false;
     int max_holders = 1;
     std::vector<Holder> holders;
@@ -86,7 +89,6 @@ struct Entry {
     bool idle = false;
     Entry *idle_prev = nullptr;
     Entry *idle_next = nullptr;
-    const std::string *key = nullptr;  // the map's key for this entry (nodes are stable)
 
     // Nobody holds or waits: the entry may go.
     bool unused() const noexcept {
@@ -94,27 +96,158 @@ struct Entry {
     }
 };
 
-// Hash for heterogeneous lookup by string_view.
-struct NameHash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept {
-        return std::hash<std::string_view>{}(s);
-    }
-};
+// Unaligned little loads for name_hash and same_name.
+std::uint64_t load8(const char *p) noexcept {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    return w;
+}
+// Four bytes (see load8).
+std::uint64_t load4(const char *p) noexcept {
+    std::uint32_t w;
+    std::memcpy(&w, p, 4);
+    return w;
+}
 
-using Table = std::unordered_map<std::string, Entry, NameHash, std::equal_to<>>;
+// The hash of a name, one per operation: its top bits pick the shard, its low
+// bits the index slot. Eight bytes at a time, each folded in with a 64x64 ->
+// 128-bit multiply; the tail is read with fixed-size loads that overlap the
+// bytes before it (the length is hashed first, so that is safe). About a
+// third of std::hash, which is a call, and a generic loop whose tail copy
+// stalls the load that follows it.
+std::uint64_t name_hash(std::string_view name) noexcept {
+    // Fold a and b into 64 well-mixed bits.
+    auto mix = [](std::uint64_t a, std::uint64_t b) noexcept {
+        __extension__ using U128 = unsigned __int128;
+        const U128 r = static_cast<U128>(a) * (b ^ 0x9E3779B97F4A7C15ull);
+        return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
+    };
+    const char *p = name.data();
+    const std::size_t n = name.size();
+    std::uint64_t h = mix(n, 0x2D358DCCAA6C78A5ull);
+    std::uint64_t tail;
+    if (n >= 8) {
+        const char *last = p + n - 8;
+        for (; p < last; p += 8)
+            h = mix(h ^ load8(p), 0x8BB84B93962EACC9ull);
+        tail = load8(last);
+    } else if (n >= 4) {
+        tail = load4(p) << 32 | load4(p + n - 4);
+    } else if (n > 0) {
+        tail = static_cast<std::uint64_t>(static_cast<unsigned char>(p[0])) << 16 |
+               static_cast<std::uint64_t>(static_cast<unsigned char>(p[n / 2])) << 8 |
+               static_cast<unsigned char>(p[n - 1]);
+    } else {
+        tail = 0;
+    }
+    return mix(h ^ tail, 0x4B33A62ED433D4A3ull);
+}
+
+// Whether a and b are the same name: inline word compares instead of a
+// memcmp call (names are short, and this runs twice per acquire + release).
+bool same_name(std::string_view a, std::string_view b) noexcept {
+    const std::size_t n = a.size();
+    if (n != b.size())
+        return false;
+    if (n < 8)
+        return n == 0 || std::memcmp(a.data(), b.data(), n) == 0;
+    for (std::size_t i = 0; i + 8 < n; i += 8) {
+        if (load8(a.data() + i) != load8(b.data() + i))
+            return false;
+    }
+    return load8(a.data() + n - 8) == load8(b.data() + n - 8);
+}
+
+// A shard's entries by name: open addressing with linear probing over a
+// power-of-two array of pointers, at most half full. Removal moves later
+// members of the probe run back (no tombstones), so a lookup stops at the
+// first empty slot. It owns the entries it holds.
+class EntryIndex {
+  public:
+    EntryIndex() : slots_(16, nullptr) {}
+    EntryIndex(const EntryIndex &) = delete;
+    EntryIndex &operator=(const EntryIndex &) = delete;
+    // Frees the entries still in the index.
+    ~EntryIndex() {
+        for (Entry *e : slots_)
+            delete e;
+    }
+
+    // The entry of name (hash is name_hash(name)), or null.
+    Entry *find(std::string_view name, std::uint64_t hash) const noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+            Entry *e = slots_[i];
+            if (e == nullptr)
+                return nullptr;
+            if (e->hash == hash && same_name(e->name, name))
+                return e;
+        }
+    }
+
+    // Add e (whose name is not in the index yet); the index owns it from now on.
+    void insert(std::unique_ptr<Entry> e) {
+        if (2 * (count_ + 1) > slots_.size())
+            grow();
+        place(e.release());
+        count_++;
+    }
+
+    // Take e out of the index and give it back to the caller.
+    std::unique_ptr<Entry> erase(Entry *e) noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        std::size_t hole = e->hash & mask;
+        while (slots_[hole] != e)
+            hole = (hole + 1) & mask;
+        // Backward shift: move each later member of the run whose home slot
+        // is not between the hole and itself into the hole.
+        for (std::size_t i = (hole + 1) & mask; slots_[i] != nullptr; i = (i + 1) & mask) {
+            const std::size_t home = slots_[i]->hash & mask;
+            if (((i - home) & mask) >= ((i - hole) & mask)) {
+                slots_[hole] = slots_[i];
+                hole = i;
+            }
+        }
+        slots_[hole] = nullptr;
+        count_--;
+        return std::unique_ptr<Entry>(e);
+    }
+
+  private:
+    // Put e in the first free slot of its probe run.
+    void place(Entry *e) noexcept {
+        const std::size_t mask = slots_.size() - 1;
+        std::size_t i = e->hash & mask;
+        while (slots_[i] != nullptr)
+            i = (i + 1) & mask;
+        slots_[i] = e;
+    }
+
+    // Double the slots and re-place every entry.
+    void grow() {
+        std::vector<Entry *> old(slots_.size() * 2, nullptr);
+        old.swap(slots_);
+        for (Entry *e : old) {
+            if (e != nullptr)
+                place(e);
+        }
+    }
+
+    std::vector<Entry *> slots_;
+    std::size_t count_ = 0;
+};
 
 // One slice of the table.
 struct Shard {
     Mutex mu;
-    Table entries GUARDED_BY(mu);
+    EntryIndex entries GUARDED_BY(mu);
     // Entries nobody holds or waits for, least recently used first. A hot name
-    // thus costs one hash lookup per call instead of an erase and an insert.
+    // thus costs one lookup per call instead of a removal and an insertion.
     Entry *idle_head GUARDED_BY(mu) = nullptr;
     Entry *idle_tail GUARDED_BY(mu) = nullptr;
     std::size_t idle_count GUARDED_BY(mu) = 0;
-    // Freed nodes kept for reuse, so churning names allocates nothing either.
-    std::vector<Table::node_type> spare GUARDED_BY(mu);
+    // Freed entries kept for reuse, so churning names allocates nothing either.
+    std::vector<std::unique_ptr<Entry>> spare GUARDED_BY(mu);
 };
 
 constexpr std::size_t kShards = 16;
@@ -170,12 +303,12 @@ class MemoryBackend final : public Backend {
 
     // Grant now, or queue FIFO and sleep until granted or options.wait runs out.
     std::optional<Lease> acquire(std::string_view name, const LockOptions &options) override {
-        Shard &shard = shard_for(name);
+        const std::uint64_t hash = name_hash(name);
+        Shard &shard = shard_for(hash);
         auto now = ClockHint::take();
         MutexLock lock(shard.mu);
         const auto deadline = plus(now, options.wait);
-        auto it = find_or_insert(shard, name);
-        Entry &e = it->second;
+        Entry &e = find_or_insert(shard, name, hash);
         if (!e.unused() && reap(e, now) > 0)
             grant_waiters(e, now);
         const bool want_semaphore = options.mode == Mode::semaphore;
@@ -188,10 +321,10 @@ class MemoryBackend final : public Backend {
         }
         if (e.head == nullptr && grantable(e, options.mode, now)) {
             const Holder &h = grant(e, options.mode, options.ttl, now);
-            return lease_for(name, options, h.token, wall_.to_system(h.expires, now));
+            return lease_for(name, options, h.token, wall_.to_system(h.expires, now), now);
         }
         if (options.wait <= std::chrono::milliseconds::zero()) {
-            release_entry_if_unused(shard, it);
+            release_entry_if_unused(shard, e);
             return std::nullopt;
         }
         Waiter w;
@@ -200,15 +333,18 @@ class MemoryBackend final : public Backend {
         enqueue(e, w);
         bool spun = false;
         for (;;) {
-            if (w.granted.load(std::memory_order_relaxed))
-                return lease_for(name, options, w.token, wall_.to_system(w.expires, Steady::now()));
+            if (w.granted.load(std::memory_order_relaxed)) {
+                const auto granted_at = Steady::now();
+                return lease_for(name, options, w.token, wall_.to_system(w.expires, granted_at),
+                                 granted_at);
+            }
             if (now >= deadline) {
                 const bool was_head = e.head == &w;
                 dequeue(e, w);
                 // A head that blocked compatible requests behind it is gone.
                 if (was_head)
                     grant_waiters(e, now);
-                release_entry_if_unused(shard, it);
+                release_entry_if_unused(shard, e);
                 return std::nullopt;
             }
             // At the head, spin briefly first: a holder on another core often
@@ -232,13 +368,14 @@ class MemoryBackend final : public Backend {
     // Extend a live lease; empty when it is gone.
     std::optional<System::time_point> renew(const Lease &lease,
                                             std::chrono::milliseconds ttl) override {
-        Shard &shard = shard_for(lease.name);
+        const std::uint64_t hash = name_hash(lease.name);
+        Shard &shard = shard_for(hash);
         MutexLock lock(shard.mu);
         const auto now = Steady::now();
-        auto it = shard.entries.find(std::string_view(lease.name));
-        if (it == shard.entries.end())
+        Entry *found = shard.entries.find(lease.name, hash);
+        if (found == nullptr)
             return std::nullopt;
-        Entry &e = it->second;
+        Entry &e = *found;
         for (Holder &h : e.holders) {
             if (h.token != lease.token)
                 continue;
@@ -252,19 +389,20 @@ class MemoryBackend final : public Backend {
         }
         if (reap(e, now) > 0)
             grant_waiters(e, now);
-        release_entry_if_unused(shard, it);
+        release_entry_if_unused(shard, e);
         return std::nullopt;
     }
 
     // Give a lease back and hand the lock to the next waiters.
     bool release(const Lease &lease) override {
-        Shard &shard = shard_for(lease.name);
+        const std::uint64_t hash = name_hash(lease.name);
+        Shard &shard = shard_for(hash);
         const auto now = ClockHint::take();
         MutexLock lock(shard.mu);
-        auto it = shard.entries.find(std::string_view(lease.name));
-        if (it == shard.entries.end())
+        Entry *found = shard.entries.find(lease.name, hash);
+        if (found == nullptr)
             return false;
-        Entry &e = it->second;
+        Entry &e = *found;
         bool held = false;
         for (std::size_t i = 0; i < e.holders.size(); i++) {
             if (e.holders[i].token == lease.token) {
@@ -277,46 +415,42 @@ class MemoryBackend final : public Backend {
         reap(e, now);
         if (e.head != nullptr)
             grant_waiters(e, now);
-        release_entry_if_unused(shard, it);
+        release_entry_if_unused(shard, e);
         return held;
     }
 
   private:
-    // The shard of a name: a cheap mix of its length and last bytes (the map
-    // hashes the whole name again inside the shard).
-    Shard &shard_for(std::string_view name) noexcept {
-        std::uint64_t x = name.size();
-        const std::size_t n = std::min<std::size_t>(name.size(), 8);
-        for (std::size_t i = name.size() - n; i < name.size(); i++)
-            x = (x << 8) ^ static_cast<unsigned char>(name[i]);
-        x *= 0x9E3779B97F4A7C15ull;
-        return shards_[x >> 60];
+    // The shard of a name, from the top bits of its hash (the index uses the low ones).
+    Shard &shard_for(std::uint64_t hash) noexcept {
+        static_assert(kShards == 16, "the shift below takes four bits");
+        return shards_[hash >> 60];
     }
 
-    // The entry of name, created (from a spare node when there is one) if missing.
-    static Table::iterator find_or_insert(Shard &shard, std::string_view name) REQUIRES(shard.mu) {
-        auto it = shard.entries.find(name);
-        if (it != shard.entries.end()) {
-            if (it->second.idle)
-                unlink_idle(shard, it->second);
-            return it;
+    // The entry of name, created (from a spare one when there is one) if missing.
+    static Entry &find_or_insert(Shard &shard, std::string_view name, std::uint64_t hash)
+        REQUIRES(shard.mu) {
+        if (Entry *e = shard.entries.find(name, hash)) {
+            if (e->idle)
+                unlink_idle(shard, *e);
+            return *e;
         }
+        std::unique_ptr<Entry> e;
         if (shard.spare.empty()) {
-            it = shard.entries.try_emplace(std::string(name)).first;
+            e = std::make_unique<Entry>();
         } else {
-            Table::node_type node = std::move(shard.spare.back());
+            e = std::move(shard.spare.back());
             shard.spare.pop_back();
-            node.key().assign(name);
-            it = shard.entries.insert(std::move(node)).position;
         }
-        it->second.key = &it->first;
-        return it;
+        e->name.assign(name);
+        e->hash = hash;
+        Entry &ref = *e;
+        shard.entries.insert(std::move(e));
+        return ref;
     }
 
     // Once nobody holds or waits, park the entry in the idle list; free the
     // least recently used idle entry when there are too many.
-    static void release_entry_if_unused(Shard &shard, Table::iterator it) REQUIRES(shard.mu) {
-        Entry &e = it->second;
+    static void release_entry_if_unused(Shard &shard, Entry &e) REQUIRES(shard.mu) {
         if (!e.unused() || e.idle)
             return;
         e.idle = true;
@@ -328,14 +462,9 @@ class MemoryBackend final : public Backend {
             return;
         Entry &victim = *shard.idle_head;
         unlink_idle(shard, victim);
-        auto vit = shard.entries.find(std::string_view(*victim.key));
-        if (shard.spare.size() >= kMaxSpare) {
-            shard.entries.erase(vit);
-            return;
-        }
-        Table::node_type node = shard.entries.extract(vit);
-        node.mapped().holders.clear();  // keeps its capacity
-        shard.spare.push_back(std::move(node));
+        std::unique_ptr<Entry> freed = shard.entries.erase(&victim);
+        if (shard.spare.size() < kMaxSpare)
+            shard.spare.push_back(std::move(freed));  // keeps its name's and holders' capacity
     }
 
     // Take an entry out of the idle list (it is about to be used).
@@ -447,15 +576,17 @@ class MemoryBackend final : public Backend {
         w.prev = w.next = nullptr;
     }
 
-    // The lease returned to the caller.
+    // The lease returned to the caller; granted_at is the steady reading the
+    // grant was made with (or, after a wait, the waiter's first look at it).
     static Lease lease_for(std::string_view name, const LockOptions &options, std::int64_t token,
-                           System::time_point expires_at) {
+                           System::time_point expires_at, Steady::time_point granted_at) {
         Lease lease;
         lease.name.assign(name);
         lease.mode = options.mode;
         lease.max_holders = options.max_holders;
         lease.token = token;
         lease.expires_at = expires_at;
+        lease.granted_at = granted_at;
         return lease;
     }
 

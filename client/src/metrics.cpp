@@ -1,16 +1,21 @@
 // Prometheus metrics: counters and histograms keyed by bounded label sets.
 //
 // Locking protocol:
-//   Impl::mu guards the four series maps (insertions and the walk in expose()).
-//   Series objects are never removed while their Impl lives and their values
-//   are atomics, so once a thread has a pointer to one it updates it without
-//   any lock.
+//   Impl::mu guards the series maps and the LockSeries map (insertions and
+//   the walk in expose()). Series objects are never removed while their Impl
+//   lives and their values are atomics, so once a thread has a pointer to one
+//   it updates it without any lock.
 //
-// Hot path: every acquire records a count and a wait, every release a hold.
-// Each recording thread keeps a tiny cache from label values to series
-// pointers, tagged with the registry's unique id (ids are never reused, so an
-// entry for a destroyed registry can never match a live one). A hit costs a
-// few short string compares and one atomic add; only a miss takes Impl::mu.
+// Hot path: every acquire records a count and a wait, every release a count
+// and a hold. The library resolves all of a lock's series once per (backend,
+// lock class) into a LockSeries (metrics_series.hpp); a manager without a
+// class mapper resolves its one class when it is made, so an operation then
+// records with a few atomic adds and no lookup at all. The public count_*
+// and observe_* calls, and class mappers, go through a tiny per-thread cache
+// from label values to series pointers, tagged with the registry's unique id
+// (ids are never reused, so an entry for a destroyed registry can never match
+// a live one). A hit costs a few short string compares; only a miss takes
+// Impl::mu.
 #include "lockext/metrics.hpp"
 
 #include <array>
@@ -24,37 +29,17 @@
 #include <tuple>
 #include <utility>
 
+#include "metrics_series.hpp"
 #include "thread_annotations.hpp"
 
 namespace lockext {
 
 namespace {
 
-// Upper bounds (seconds) of the wait and hold histogram buckets; +Inf is implied.
-constexpr std::array<double, 16> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                             0.25,   0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
-
-// A monotonically increasing count.
-struct Counter {
-    std::atomic<std::uint64_t> value{0};
-};
-
-// Observations per bucket (not cumulative: each lands in exactly one) and their sum.
-struct Histogram {
-    std::array<std::atomic<std::uint64_t>, kBuckets.size() + 1> buckets{};
-    std::atomic<double> sum{0.0};
-
-    // Record one observation.
-    void observe(double seconds) {
-        if (!(seconds >= 0.0))
-            seconds = 0.0;  // NaN or a clock step backwards: count it as instant
-        std::size_t i = 0;
-        while (i < kBuckets.size() && seconds > kBuckets[i])
-            i++;
-        buckets[i].fetch_add(1, std::memory_order_relaxed);
-        sum.fetch_add(seconds, std::memory_order_relaxed);
-    }
-};
+using detail::Counter;
+using detail::Histogram;
+using detail::kBuckets;
+using detail::LockSeries;
 
 using Key2 = std::array<std::string, 2>;
 using Key3 = std::array<std::string, 3>;
@@ -185,6 +170,9 @@ struct Metrics::Impl {
     std::map<Key2, Counter, std::less<>> lost GUARDED_BY(mu);      // backend, class
     std::map<Key2, Histogram, std::less<>> waits GUARDED_BY(mu);   // backend, class
     std::map<Key2, Histogram, std::less<>> holds GUARDED_BY(mu);   // backend, class
+    std::map<Key2, Counter, std::less<>> releases GUARDED_BY(mu);  // backend, result
+    // Pointers into the maps above, per (backend, class).
+    std::map<Key2, LockSeries, std::less<>> lock_series GUARDED_BY(mu);
 
     // The series for labels in map, created on first use (through the thread's cache).
     template <class Series, class Map, std::size_t N>
@@ -209,6 +197,38 @@ struct Metrics::Impl {
             key[i].assign(labels[i]);
         return map.try_emplace(std::move(key)).first->second;
     }
+
+    // Every series of (backend, lock_class), created at zero on first use.
+    // Creating them all at once also exposes each at 0 from the start, as
+    // Prometheus advises, so rate() sees the first event.
+    const LockSeries &resolve(std::string_view backend, std::string_view lock_class) EXCLUDES(mu) {
+        detail::MutexLock lock(mu);
+        const std::array<std::string_view, 2> key{backend, lock_class};
+        LockSeries &s = lookup<LockSeries>(lock_series, key);
+        if (s.acquired != nullptr)
+            return s;
+        // Filled aside and stored whole, so a lookup that throws (out of
+        // memory) leaves no half-resolved entry behind for the next caller.
+        LockSeries r;
+        r.acquired = &lookup<Counter>(acquires, std::array{backend, lock_class, kAcquired});
+        r.not_obtained = &lookup<Counter>(acquires, std::array{backend, lock_class, kNotObtained});
+        r.acquire_error = &lookup<Counter>(acquires, std::array{backend, lock_class, kError});
+        r.wait = &lookup<Histogram>(waits, key);
+        r.hold = &lookup<Histogram>(holds, key);
+        r.lost = &lookup<Counter>(lost, key);
+        r.released_held = &lookup<Counter>(releases, std::array{backend, kHeld});
+        r.released_not_held = &lookup<Counter>(releases, std::array{backend, kNotHeld});
+        r.release_error = &lookup<Counter>(releases, std::array{backend, kError});
+        r.renewed = &lookup<Counter>(renewals, std::array{backend, kOk});
+        r.renewal_lost = &lookup<Counter>(renewals, std::array{backend, kLost});
+        r.renewal_error = &lookup<Counter>(renewals, std::array{backend, kError});
+        s = r;
+        return s;
+    }
+
+    static constexpr std::string_view kAcquired = "acquired", kNotObtained = "not_obtained",
+                                      kError = "error", kHeld = "held", kNotHeld = "not_held",
+                                      kOk = "ok", kLost = "lost";
 };
 
 namespace {
@@ -219,6 +239,8 @@ thread_local ThreadCache<2> renewal_cache;
 thread_local ThreadCache<2> lost_cache;
 thread_local ThreadCache<2> wait_cache;
 thread_local ThreadCache<2> hold_cache;
+thread_local ThreadCache<2> release_cache;
+thread_local ThreadCache<2> lock_series_cache;
 
 }  // namespace
 
@@ -247,6 +269,12 @@ void Metrics::count_lost(std::string_view backend, std::string_view lock_class) 
         .value.fetch_add(1, std::memory_order_relaxed);
 }
 
+// Count one release by its outcome.
+void Metrics::count_release(std::string_view backend, std::string_view result) {
+    impl_->series<Counter>(&Impl::releases, release_cache, {backend, result})
+        .value.fetch_add(1, std::memory_order_relaxed);
+}
+
 // Record how long an acquire waited.
 void Metrics::observe_wait(std::string_view backend, std::string_view lock_class, double seconds) {
     impl_->series<Histogram>(&Impl::waits, wait_cache, {backend, lock_class}).observe(seconds);
@@ -255,6 +283,18 @@ void Metrics::observe_wait(std::string_view backend, std::string_view lock_class
 // Record how long a lease was held.
 void Metrics::observe_hold(std::string_view backend, std::string_view lock_class, double seconds) {
     impl_->series<Histogram>(&Impl::holds, hold_cache, {backend, lock_class}).observe(seconds);
+}
+
+// The series of one (backend, class), through the thread's cache.
+const LockSeries &detail::MetricsAccess::lock_series(Metrics &metrics, std::string_view backend,
+                                                     std::string_view lock_class) {
+    Metrics::Impl &impl = *metrics.impl_;
+    const std::array<std::string_view, 2> labels{backend, lock_class};
+    if (void *hit = lock_series_cache.find(impl.id, labels))
+        return *static_cast<const LockSeries *>(hit);
+    const LockSeries &s = impl.resolve(backend, lock_class);
+    lock_series_cache.put(impl.id, labels, const_cast<LockSeries *>(&s));
+    return s;
 }
 
 namespace {
@@ -321,6 +361,10 @@ std::string Metrics::expose() const {
     expose_counters(out, "lockext_lost_leases_total",
                     "Leases found lost while the process believed it held them.", impl_->lost,
                     {"backend", "class"});
+    expose_counters(out, "lockext_releases_total",
+                    "Lease releases by outcome (held, not_held: it had run out or been taken, "
+                    "error: the backend call failed).",
+                    impl_->releases, {"backend", "result"});
     expose_histograms(out, "lockext_wait_seconds", "Time spent waiting to acquire a lock.",
                       impl_->waits);
     expose_histograms(out, "lockext_hold_seconds", "Time a lock was held, acquire to release.",

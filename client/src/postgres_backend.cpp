@@ -321,12 +321,15 @@ class PostgresBackend final : public Backend {
 
 }  // namespace
 
-// Check the pool size, connect once and verify the extension, so connect() fails early.
+// Check the pool size and the URL (without connecting), then connect once and
+// verify the extension, so connect() fails early.
 std::shared_ptr<Backend> make_postgres_backend(std::string_view url,
                                                const ConnectOptions &options) {
     if (options.pool_size < 1)
         throw InvalidArgument("pool_size must be at least 1");
-    auto backend = std::make_shared<PostgresBackend>(pool_conninfo(url), options.pool_size);
+    std::string conninfo = pool_conninfo(url);
+    check_conninfo(conninfo);
+    auto backend = std::make_shared<PostgresBackend>(std::move(conninfo), options.pool_size);
     backend->verify();
     return backend;
 }

@@ -10,9 +10,13 @@
 // Lifetimes: the queue holds raw pointers. A queued state is removed by
 //   unwatch() (release) or, at the latest, by ~LockState (which calls
 //   unwatch() when its slot is still queued), both under mu. To renew, the
-//   thread takes a strong reference under mu with weak_from_this(): if the
-//   state is already being destroyed that fails and the entry is dropped (the
-//   destructor then finds nothing to remove).
+//   thread takes a reference with LockState::try_ref() under mu, *before*
+//   taking the state out of the queue: a state whose count already reached
+//   zero is then still marked queued, so its destructor is (or will be)
+//   waiting for mu in unwatch() and its memory stays valid until we let go.
+//   If try_ref() fails the entry is dropped and the state is never touched
+//   again; `queued` turns false (release) only after our last access, so a
+//   destructor that reads it false (acquire) may free the memory at once.
 //
 // Wakeups: the thread sleeps on the condition variable until the earliest due
 // time. watch() signals it only when the new due time is earlier than the one
@@ -100,7 +104,8 @@ struct Watchdog::Shared {
         if (i != last)
             fix(i);
         state->watch.index = WatchSlot::npos;
-        state->watch.queued.store(false, std::memory_order_relaxed);
+        // Last: the destructor may free the state once it reads false.
+        state->watch.queued.store(false, std::memory_order_release);
     }
 };
 
@@ -125,21 +130,23 @@ Watchdog::~Watchdog() {
 }
 
 // Queue state for renewal at due, or move it there if already queued.
-void Watchdog::watch(const std::shared_ptr<LockState> &state, Steady::time_point due) {
+void Watchdog::watch(LockState &state, Steady::time_point due) {
     Shared &s = *shared_;
     MutexLock lock(s.mu);
     if (s.shutdown)
         return;
-    WatchSlot &slot = state->watch;
+    WatchSlot &slot = state.watch;
     slot.registered = true;
     slot.due = due;
     if (slot.index == WatchSlot::npos)
-        s.push(state.get());
+        s.push(&state);
     else
         s.fix(slot.index);
     if (!s.started) {
-        s.started = true;
+        // Flagged only once the thread exists: if creating it throws, the
+        // next watch() tries again instead of queueing leases no one renews.
         s.thread = std::jthread(run, shared_);
+        s.started = true;
     } else if (due < s.sleeping_until) {
         s.cv.notify_one();
     }
@@ -171,10 +178,11 @@ void Watchdog::run(std::shared_ptr<Shared> shared) {
             continue;
         }
         s.sleeping_until = Steady::time_point::min();
-        LockState *raw = s.heap.front();
+        LockState *state = s.heap.front();
+        // The reference first, the dequeue second (see Lifetimes above).
+        const bool alive = state->try_ref();
         s.remove_at(0);
-        std::shared_ptr<LockState> state = raw->weak_from_this().lock();
-        if (!state)
+        if (!alive)
             continue;  // being destroyed; it is out of the queue now
         lock.unlock();
         const std::optional<Steady::time_point> next = state->watchdog_renew();
@@ -183,12 +191,12 @@ void Watchdog::run(std::shared_ptr<Shared> shared) {
         if (next && !s.shutdown && state->watch.registered &&
             state->watch.index == WatchSlot::npos) {
             state->watch.due = *next;
-            s.push(state.get());
+            s.push(state);
         }
         // Dropping the reference may destroy the state, its Core and this
         // Watchdog (on this thread); their destructors take mu.
         lock.unlock();
-        state.reset();
+        LockState::unref(state);
         lock.lock();
     }
 }

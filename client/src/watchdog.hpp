@@ -16,8 +16,9 @@ struct LockState;
 
 // A LockState's place in its watchdog's queue. Only watchdog.cpp touches it,
 // and only under the watchdog's mutex (Watchdog::Shared::mu), except `queued`,
-// which ~LockState reads without it. The analysis cannot name that mutex from
-// here, so the rule is stated rather than annotated.
+// which ~LockState reads without it (acquire; it is stored with release under
+// the mutex). The analysis cannot name that mutex from here, so the rule is
+// stated rather than annotated.
 struct WatchSlot {
     static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
     std::chrono::steady_clock::time_point due{};
@@ -38,7 +39,8 @@ class Watchdog {
 
     // Renew state at due, and from then on as LockState::watchdog_renew says.
     // Calling it again for the same state reschedules it.
-    void watch(const std::shared_ptr<LockState> &state, std::chrono::steady_clock::time_point due);
+    // The caller holds a reference to state.
+    void watch(LockState &state, std::chrono::steady_clock::time_point due);
 
     // Stop renewing state; after it returns the watchdog no longer refers to it.
     void unwatch(LockState &state) noexcept;

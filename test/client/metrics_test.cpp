@@ -5,6 +5,7 @@
 
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -81,6 +82,79 @@ BOOST_AUTO_TEST_CASE(manager_records_series) {
     BOOST_TEST(text.find("# TYPE lockext_wait_seconds histogram") != std::string::npos);
     BOOST_TEST(text.find("# HELP lockext_hold_seconds ") != std::string::npos);
     BOOST_TEST(text.find("secret-name") == std::string::npos);
+}
+
+// Releases are counted by backend and outcome: held, not_held (the lease had
+// run out), error (the backend call failed; the retry counts again). A
+// repeated release() that reaches no backend counts nothing.
+BOOST_AUTO_TEST_CASE(releases_are_counted) {
+    // Fails the first release it sees, then passes everything through.
+    class FailFirstRelease final : public detail::Backend {
+      public:
+        // Decorate inner.
+        explicit FailFirstRelease(std::shared_ptr<detail::Backend> inner)
+            : inner_(std::move(inner)) {}
+        // The wrapped backend's kind.
+        std::string_view kind() const noexcept override {
+            return inner_->kind();
+        }
+        // Pass through.
+        std::optional<detail::Lease> acquire(std::string_view name,
+                                             const LockOptions &options) override {
+            return inner_->acquire(name, options);
+        }
+        // Pass through.
+        std::optional<std::chrono::system_clock::time_point> renew(
+            const detail::Lease &lease, std::chrono::milliseconds ttl) override {
+            return inner_->renew(lease, ttl);
+        }
+        // Fail once, then pass through.
+        bool release(const detail::Lease &lease) override {
+            if (!failed_.exchange(true))
+                throw BackendUnavailable("injected: release unreachable");
+            return inner_->release(lease);
+        }
+
+      private:
+        std::shared_ptr<detail::Backend> inner_;
+        std::atomic<bool> failed_{false};
+    };
+
+    auto registry = std::make_shared<Metrics>();
+    LockManager locks(std::make_shared<FailFirstRelease>(detail::make_memory_backend()),
+                      {.metrics = registry});
+    {
+        Lock failing = locks.acquire("release-count-a", {.ttl = 10s});
+        BOOST_CHECK_THROW(failing.release(), BackendUnavailable);  // error
+        BOOST_TEST(failing.release());                             // held
+        BOOST_TEST(!failing.release());                            // no backend call
+    }
+    Lock expired = locks.acquire("release-count-b", {.ttl = 20ms, .auto_renew = false});
+    std::this_thread::sleep_for(60ms);
+    BOOST_TEST(!expired.release());  // not_held
+    // held, released by the destructor at the end of the statement
+    (void)locks.acquire("release-count-c", {.ttl = 10s});
+    const std::string text = registry->expose();
+    BOOST_TEST_MESSAGE(text);
+    BOOST_TEST(has_line(text, R"(lockext_releases_total{backend="memory",result="held"} 2)"));
+    BOOST_TEST(has_line(text, R"(lockext_releases_total{backend="memory",result="not_held"} 1)"));
+    BOOST_TEST(has_line(text, R"(lockext_releases_total{backend="memory",result="error"} 1)"));
+    BOOST_TEST(text.find("# TYPE lockext_releases_total counter") != std::string::npos);
+    // Every acquire was counted, and every lease's hold once.
+    BOOST_TEST(has_line(
+        text, R"(lockext_acquire_total{backend="memory",class="default",result="acquired"} 3)"));
+    BOOST_TEST(has_line(text, R"(lockext_hold_seconds_count{backend="memory",class="default"} 3)"));
+}
+
+// The public count_release() records into the same family.
+BOOST_AUTO_TEST_CASE(count_release_by_hand) {
+    Metrics m;
+    m.count_release("postgres", "held");
+    m.count_release("postgres", "held");
+    m.count_release("postgres", "not_held");
+    const std::string text = m.expose();
+    BOOST_TEST(has_line(text, R"(lockext_releases_total{backend="postgres",result="held"} 2)"));
+    BOOST_TEST(has_line(text, R"(lockext_releases_total{backend="postgres",result="not_held"} 1)"));
 }
 
 // Without a mapper every lock is counted as class "default".

@@ -7,6 +7,9 @@
 // create a role, a database and a table, and terminate backends):
 //   LOCKEXT_TEST_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
 // Without a postgres:// URL the suite is skipped, and Boost.Test says why.
+// The not-preloaded case needs a second server, with CREATE EXTENSION lockext
+// run but lockext not in shared_preload_libraries:
+//   LOCKEXT_TEST_NOPRELOAD_URL="postgresql:///postgres?host=...&port=...&user=postgres"
 #define BOOST_TEST_DYN_LINK
 #include <boost/test/unit_test.hpp>
 
@@ -693,6 +696,105 @@ BOOST_AUTO_TEST_CASE(waits_beyond_pool_size_queue_in_the_server) {
                    "WHERE application_name = 'lockext_burst_test'")[0][0]
                    .as<int>() <= 1;
     }));
+}
+
+// A wait that runs out in the server is "not obtained", never an error:
+// lockext.acquire returns NULL (it raises 55P03 only for a wait on a lock
+// the session itself holds, below), so try_acquire is empty and acquire
+// throws NotObtained, each after its whole wait; the waiter has left the
+// server's queue and the holder is untouched.
+BOOST_AUTO_TEST_CASE(wait_timeout_in_the_server_is_not_obtained) {
+    auto holder = lockext::connect(test_url());
+    auto other = lockext::connect(test_url());
+    const std::string name = fresh_name("wait-timeout");
+    lockext::Lock held = holder->acquire(name, opts(20s));
+    const std::int64_t timed_out_before =
+        sql("SELECT timed_out FROM lockext.stats")[0][0].as<std::int64_t>();
+
+    auto started = Clock::now();
+    BOOST_CHECK(!other->try_acquire(name, opts(20s, 300ms)).has_value());
+    BOOST_CHECK(Clock::now() - started >= 290ms);
+    started = Clock::now();
+    BOOST_CHECK_THROW(other->acquire(name, opts(20s, 200ms)), lockext::NotObtained);
+    BOOST_CHECK(Clock::now() - started >= 190ms);
+
+    BOOST_CHECK_EQUAL(sql("SELECT timed_out FROM lockext.stats")[0][0].as<std::int64_t>(),
+                      timed_out_before + 2);
+    BOOST_CHECK_EQUAL(count_in("waiters", name), 0);
+    BOOST_CHECK(held.is_held());
+    BOOST_CHECK(held.release());
+}
+
+// SQLSTATE 55P03: with_transaction on a connection that already holds the
+// name in session scope would wait on itself forever, so the server refuses
+// at once and the client says so with InvalidArgument (a programming error
+// that retrying cannot fix, unlike NotObtained). fn does not run, and the
+// connection is usable afterwards.
+BOOST_AUTO_TEST_CASE(waiting_on_own_session_lock_is_invalid_argument) {
+    pqxx::connection conn(test_url());
+    const std::string name = fresh_name("own-session");
+    std::int64_t token = 0;
+    {
+        pqxx::nontransaction tx(conn);
+        token = tx.exec("SELECT lockext.acquire(" + conn.quote(name) +
+                        ", NULL, '0', 'exclusive', 'session')")[0][0]
+                    .as<std::int64_t>();
+    }
+    bool ran = false;
+    const auto started = Clock::now();
+    BOOST_CHECK_EXCEPTION(lockext::pg::with_transaction(
+                              conn, name, [&](pqxx::work &) { ran = true; }, opts(20s, 5s)),
+                          lockext::InvalidArgument, [](const lockext::InvalidArgument &e) {
+                              return std::string(e.what()).find("already held by this session") !=
+                                     std::string::npos;
+                          });
+    BOOST_CHECK(Clock::now() - started < 2s);  // refused, not waited out
+    BOOST_CHECK(!ran);
+    BOOST_CHECK_EQUAL(count_in("holders", name), 1);
+    pqxx::nontransaction tx(conn);
+    BOOST_CHECK(tx.exec("SELECT lockext.release(" + conn.quote(name) + ", " +
+                        std::to_string(token) + ")")[0][0]
+                    .as<bool>());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+// The URL of a server where the extension is created but the library is not
+// in shared_preload_libraries: $LOCKEXT_TEST_NOPRELOAD_URL.
+std::string nopreload_url() {
+    const char *u = std::getenv("LOCKEXT_TEST_NOPRELOAD_URL");
+    return u && *u ? std::string(u) : std::string();
+}
+
+// Enables the not-preloaded test only when such a server is given.
+struct NoPreloadUrlGiven {
+    boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+        boost::test_tools::assertion_result ok(is_postgres_url(nopreload_url()));
+        if (!ok)
+            ok.message() << "LOCKEXT_TEST_NOPRELOAD_URL is not set; set it to a server that has "
+                            "CREATE EXTENSION lockext but not lockext in shared_preload_libraries";
+        return ok;
+    }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(postgres_not_preloaded, *boost::unit_test::precondition(NoPreloadUrlGiven{}))
+
+// Extension created, library not preloaded (SQLSTATE 55000): connect() fails
+// at once with InvalidArgument carrying the server's message and its hint.
+// The server is reachable, so it is not BackendUnavailable: retrying cannot
+// help until an administrator changes the configuration and restarts.
+BOOST_AUTO_TEST_CASE(connect_says_the_library_is_not_loaded) {
+    BOOST_CHECK_EXCEPTION(lockext::connect(nopreload_url()), lockext::InvalidArgument,
+                          [](const lockext::InvalidArgument &e) {
+                              const std::string what = e.what();
+                              BOOST_TEST_MESSAGE("connect: " << what);
+                              return what.find("lockext is not loaded") != std::string::npos &&
+                                     what.find("shared_preload_libraries") != std::string::npos;
+                          });
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -26,6 +26,10 @@ struct Lease {
     // Backend-private holder identity (the random holder value on Redis); may be empty.
     std::string handle;
     std::chrono::system_clock::time_point expires_at;
+    // When the lease was granted by the steady clock, for a backend that knows
+    // it without reading the clock again (the in-memory one); the default
+    // (zero) means unknown, and the manager reads the clock after the call.
+    std::chrono::steady_clock::time_point granted_at{};
 };
 
 class Backend {
@@ -38,7 +42,8 @@ class Backend {
     // Try for up to options.wait (already validated), FIFO-fair where the store
     // allows, waiting without polling. Empty when not obtained in time. Throws
     // BackendUnavailable when the store cannot be reached, InvalidArgument for
-    // what this backend cannot do.
+    // what this backend cannot do. options.owner is passed as the caller gave
+    // it: empty means "<hostname>:<pid>", for a backend that records owners.
     virtual std::optional<Lease> acquire(std::string_view name, const LockOptions &options) = 0;
 
     // Extend a lease by ttl; the new expiry, or empty when it is no longer held.

@@ -148,8 +148,9 @@ class Lock {
 
   private:
     friend class LockManager;
-    explicit Lock(std::shared_ptr<detail::LockState> state);
-    std::shared_ptr<detail::LockState> state_;
+    // Adopts one reference to state (LockState counts its own references).
+    explicit Lock(detail::LockState *state) noexcept;
+    detail::LockState *state_ = nullptr;
 };
 
 // ---- LockManager -----------------------------------------------------------

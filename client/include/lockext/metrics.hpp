@@ -11,6 +11,10 @@
 
 namespace lockext {
 
+namespace detail {
+class MetricsAccess;
+}
+
 class Metrics {
   public:
     Metrics();
@@ -24,6 +28,9 @@ class Metrics {
     // result: "ok", "lost" or "error".
     void count_renewal(std::string_view backend, std::string_view result);
     void count_lost(std::string_view backend, std::string_view lock_class);
+    // result: "held" (the lease was still held), "not_held" (it had run out or
+    // been taken) or "error" (the backend call failed).
+    void count_release(std::string_view backend, std::string_view result);
     void observe_wait(std::string_view backend, std::string_view lock_class, double seconds);
     void observe_hold(std::string_view backend, std::string_view lock_class, double seconds);
 
@@ -31,6 +38,7 @@ class Metrics {
     std::string expose() const;
 
   private:
+    friend class detail::MetricsAccess;  // the library's lookup-free hot path
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

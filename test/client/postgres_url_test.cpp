@@ -1,0 +1,83 @@
+// connect() with postgres:// URLs that need no server: a malformed URL is
+// InvalidArgument before anything is contacted, and a server that cannot be
+// reached is BackendUnavailable. Runs on every backend under test.
+#define BOOST_TEST_DYN_LINK
+#include <boost/test/unit_test.hpp>
+
+#include <chrono>
+#include <string>
+
+#include "lockext/lockext.hpp"
+#include "test_support.hpp"
+
+using namespace lockext;
+using namespace lockext::test;
+
+namespace {
+
+// A host that drops every packet (reserved, never routed): a connection
+// attempt to it would hang for the whole connect_timeout.
+constexpr const char *kBlackhole = "10.255.255.1";
+
+// The message of the InvalidArgument connect(url) throws, or "" (a failed check)
+// when it throws anything else or nothing.
+std::string invalid_argument_message(const std::string &url) {
+    try {
+        connect(url);
+    } catch (const InvalidArgument &e) {
+        return e.what();
+    } catch (const std::exception &e) {
+        BOOST_ERROR("connect('" << url << "') threw something else: " << e.what());
+        return "";
+    }
+    BOOST_ERROR("connect('" << url << "') did not throw");
+    return "";
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(postgres_url)
+
+// Malformed URLs are rejected by parsing alone: each names its problem, and
+// none waits for the unreachable host they point at.
+BOOST_AUTO_TEST_CASE(malformed_urls_are_invalid_argument_without_connecting) {
+    const std::string host = std::string("postgresql://") + kBlackhole;
+    const struct {
+        std::string url;
+        std::string says;
+    } cases[] = {
+        {host + "/db?connect_timeout=30&no_such_option=1", "no_such_option"},
+        {"postgresql://u:pw@[::1/db?connect_timeout=30", "IPv6"},
+        {host + "/db?connect_timeout=30&sslmode=%zz", "percent-encoded"},
+        {host + ":notaport/db?connect_timeout=30", "notaport"},
+        {host + "/db?connect_timeout=soon", "connect_timeout"},
+    };
+    for (const auto &c : cases) {
+        BOOST_TEST_CONTEXT("url " << c.url) {
+            const auto started = Clock::now();
+            const std::string message = invalid_argument_message(c.url);
+            BOOST_CHECK(Clock::now() - started < 2s);
+            BOOST_TEST(message.find(c.says) != std::string::npos, "message: " << message);
+            BOOST_TEST(message.find("PostgreSQL URL") != std::string::npos, "message: " << message);
+        }
+    }
+}
+
+// The password of a malformed URL never reaches the error message.
+BOOST_AUTO_TEST_CASE(malformed_url_message_hides_the_password) {
+    const std::string message = invalid_argument_message("postgresql://u:secret-pw@[::1/db");
+    BOOST_TEST(!message.empty());
+    BOOST_TEST(message.find("secret-pw") == std::string::npos, "message: " << message);
+}
+
+// A well-formed URL of a server that refuses connections is BackendUnavailable
+// (retrying later may work), not InvalidArgument.
+BOOST_AUTO_TEST_CASE(unreachable_server_is_backend_unavailable) {
+    BOOST_CHECK_EXCEPTION(connect("postgresql://127.0.0.1:1/postgres?connect_timeout=3"),
+                          BackendUnavailable, [](const BackendUnavailable &e) {
+                              return std::string(e.what()).find("cannot connect") !=
+                                     std::string::npos;
+                          });
+}
+
+BOOST_AUTO_TEST_SUITE_END()
