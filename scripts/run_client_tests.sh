@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Client tests: build client/ three times and run its Boost.Test suite
 # against every backend it supports, on private servers this script starts.
-#   1. g++, optimised: memory:, then a private PostgreSQL;
+#   1. g++, optimised: memory:, a private PostgreSQL, a private redis-server
+#      (redis://) and three more as a Redlock (redlock://);
 #   2. clang with -Wthread-safety (errors) and ThreadSanitizer: the same runs;
 #   3. g++ with AddressSanitizer and UBSan: the same runs;
+# (the Redis fault tests start, kill and pause redis-servers of their own,
+# on the redis:// run);
 # then installs the library into a temp prefix and builds a consumer against
 # it through find_package(lockext) and through pkg-config.
 # Exits non-zero on the first failure.
 # Env: LOCKEXT_CLIENT_SANITIZERS=0 skips builds 2 and 3 (quick local runs).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib_redis.sh"
 
-ensure_packages cmake pkg-config clang libpqxx-dev libboost-test-dev prometheus
+ensure_packages cmake pkg-config clang libpqxx-dev libboost-test-dev prometheus redis-server \
+    libhiredis-dev
 WORK=$(mktemp -d /tmp/lockext-client.XXXXXX)
 JOBS=$(nproc)
 
-# Stop the server and remove the build trees; the EXIT trap.
+# Stop the servers and remove the build trees; the EXIT trap.
 cleanup() {
     stop_server
     LOCKEXT_SERVER_DIR=${NOPRELOAD_DIR:-} stop_server
+    stop_redis_nodes
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -88,6 +94,7 @@ start_server
 trap cleanup EXIT  # start_server set its own trap; ours stops every server
 psql -X -q -c "CREATE EXTENSION lockext" || exit 1
 PG_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
+start_redis_nodes || exit 1
 
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
 export ASAN_OPTIONS="detect_leaks=1 halt_on_error=1"
@@ -97,6 +104,8 @@ builds=(release)
 for b in "${builds[@]}"; do
     run_tests "$b" "memory:" || exit 1
     run_tests "$b" "$PG_URL" || exit 1
+    run_tests "$b" "$REDIS_URL" || exit 1
+    run_tests "$b" "$REDLOCK_URL" || exit 1
 done
 check_package || exit 1
 echo "== client tests passed"

@@ -16,6 +16,10 @@ std::shared_ptr<Backend> make_memory_backend();
 // A backend over the lockext PostgreSQL extension; url is a libpq URI.
 std::shared_ptr<Backend> make_postgres_backend(std::string_view url, const ConnectOptions &options);
 
+// A backend over one Redis node (redis://) or independent masters with a
+// quorum (redlock://); the URL grammar is in redis_url.hpp.
+std::shared_ptr<Backend> make_redis_backend(std::string_view url, const ConnectOptions &options);
+
 // A steady_clock reading the caller took just before calling an in-process
 // backend on this thread. Reading the clock costs as much as the whole
 // in-memory lookup (about 35 ns on a VM), and the manager reads it anyway for

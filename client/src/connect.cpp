@@ -82,11 +82,12 @@ std::string describe(std::string_view url) {
 std::unique_ptr<LockManager> connect(std::string_view url, ConnectOptions options) {
     if (url.empty())
         throw InvalidArgument(
-            "empty lock backend URL; use memory:, postgres://… or postgresql://…");
+            "empty lock backend URL; use memory:, postgres://…, redis://… or redlock://…");
     const std::string_view scheme = detail::scheme_of(url);
     if (scheme.empty())
         throw InvalidArgument("lock backend URL '" + detail::describe(url) +
-                              "' has no scheme; expected memory:, postgres://… or postgresql://…");
+                              "' has no scheme; expected memory:, postgres://…, redis://… or "
+                              "redlock://…");
     std::string lower(scheme);
     for (char &c : lower)
         c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
@@ -101,11 +102,17 @@ std::unique_ptr<LockManager> connect(std::string_view url, ConnectOptions option
         auto backend = detail::make_postgres_backend(url, options);
         return std::make_unique<LockManager>(std::move(backend), std::move(options));
     }
-    if (lower == "redis" || lower == "rediss" || lower == "redlock")
-        throw InvalidArgument("the redis backend is not available in this build (URL scheme '" +
-                              std::string(scheme) + "')");
+    if (lower == "redis" || lower == "redlock") {
+        auto backend = detail::make_redis_backend(url, options);
+        return std::make_unique<LockManager>(std::move(backend), std::move(options));
+    }
+    if (lower == "rediss")
+        throw InvalidArgument(
+            "rediss:// (Redis over TLS) is not available: this build's hiredis (0.14) has no "
+            "TLS support; use redis:// on a trusted network or through a TLS tunnel");
     throw InvalidArgument("unknown lock backend URL scheme '" + std::string(scheme) +
-                          "'; expected memory:, postgres:// or postgresql://");
+                          "'; expected memory:, postgres://, postgresql://, redis:// or "
+                          "redlock://");
 }
 
 // connect($LOCKEXT_URL), or the in-memory backend when it is unset or empty.

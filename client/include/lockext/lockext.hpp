@@ -70,8 +70,8 @@ enum class Mode { exclusive, shared, semaphore };
 std::string_view to_string(Mode mode) noexcept;
 
 // Backoff between attempts when the backend is unreachable during a wait (and,
-// on Redis, between wakeup-driven retries). Jitter is always applied: each
-// delay is drawn uniformly from [delay/2, delay].
+// on Redlock, after a split vote, when several clients each got some nodes).
+// Jitter is always applied: each delay is drawn uniformly from [delay/2, delay].
 struct RetryPolicy {
     std::chrono::milliseconds initial{50};
     std::chrono::milliseconds max{2000};
@@ -165,6 +165,8 @@ struct ConnectOptions {
     // this many run at once). An acquire that waits in the server takes a
     // connection of its own for the wait, so it joins the server's FIFO queue
     // at once and never holds up a renewal or release.
+    // Redis: connections per node for every script call; waiters hold none
+    // while they sleep (they listen on one pub/sub connection per node).
     std::size_t pool_size = 4;
 };
 
@@ -216,6 +218,10 @@ class LockManager {
 // Connect to the backend a URL names:
 //   memory:                         this process only
 //   postgres://… / postgresql://…   any libpq URI; the lockext extension must be installed
+//   redis://[:password@]host:port[/db][?connect_timeout=1s&timeout=1s]
+//                                   one Redis node (FIFO waits, fencing tokens)
+//   redlock://[:password@]h1:p1,h2:p2,h3:p3[/db][?…]
+//                                   independent Redis masters, quorum N/2+1 (see the README)
 // Throws InvalidArgument for a malformed or unknown URL and BackendUnavailable
 // when the backend cannot be reached.
 std::unique_ptr<LockManager> connect(std::string_view url, ConnectOptions options = {});

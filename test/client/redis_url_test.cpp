@@ -1,0 +1,97 @@
+// redis:// and redlock:// URLs that need no server: malformed ones are
+// InvalidArgument (never echoing a password), rediss:// names the missing TLS,
+// and a node nobody listens on is BackendUnavailable within the connect
+// timeout. These run with every backend under test.
+#define BOOST_TEST_DYN_LINK
+#include <boost/test/unit_test.hpp>
+
+#include <string>
+
+#include "lockext/lockext.hpp"
+#include "redis_test_support.hpp"
+#include "test_support.hpp"
+
+using namespace lockext;
+using namespace lockext::test;
+
+BOOST_AUTO_TEST_SUITE(redis_urls)
+
+// Every malformed form is InvalidArgument, and its message never shows the password.
+BOOST_AUTO_TEST_CASE(malformed_urls_are_invalid_argument) {
+    const char *bad[] = {
+        "redis://",                                      // no host
+        "redis://:6379",                                 // empty host
+        "redis://localhost:0",                           // port out of range
+        "redis://localhost:65536",                       // port out of range
+        "redis://localhost:63a9",                        // port not a number
+        "redis://localhost:",                            // empty port
+        "redis://localhost:6379/x",                      // db not a number
+        "redis://localhost:6379/-1",                     // negative db
+        "redis://localhost:6379?foo=1",                  // unknown parameter
+        "redis://localhost:6379?timeout=0",              // zero timeout
+        "redis://localhost:6379?timeout=soon",           // not a duration
+        "redis://localhost:6379?timeout=2h",             // unknown unit
+        "redis://localhost:6379?timeout=1s&timeout=2s",  // given twice
+        "redis://localhost:6379?connect_timeout=7200s",  // over an hour
+        "redis://a:1,b:2",                               // several hosts need redlock://
+        "redlock://",                                    // empty host list
+        "redlock://a:1,,b:2",                            // empty entry
+        "redlock://a:1,a:1",                             // a node counted twice
+        "redlock://[::1:1",                              // unclosed IPv6 bracket
+        "redis://s3cret@localhost:1",                    // password without ':'
+        "redis://:s3cret@localhost:99999",               // bad port after a password
+        "redis://:s3cret@localhost:1?x=1",               // bad parameter after a password
+        "redis://:s3%zzcret@localhost:1",                // bad percent-encoding
+        "redis://localhost:6379#frag",                   // fragment
+    };
+    for (const char *url : bad) {
+        BOOST_TEST_CONTEXT("url '" << url << "'") {
+            try {
+                connect(url);
+                BOOST_ERROR("accepted");
+            } catch (const InvalidArgument &e) {
+                BOOST_TEST(std::string(e.what()).find("s3cret") == std::string::npos);
+            } catch (const std::exception &e) {
+                BOOST_ERROR("wrong error type: " << e.what());
+            }
+        }
+    }
+}
+
+// rediss:// is refused up front, naming TLS, whatever the host.
+BOOST_AUTO_TEST_CASE(rediss_names_missing_tls) {
+    try {
+        connect("rediss://:pw@127.0.0.1:6380");
+        BOOST_ERROR("rediss:// was accepted");
+    } catch (const InvalidArgument &e) {
+        BOOST_TEST(std::string(e.what()).find("TLS") != std::string::npos);
+    }
+}
+
+// Nobody listening: BackendUnavailable naming the node, at once for a refused
+// connection and within connect_timeout for an address that does not answer.
+BOOST_AUTO_TEST_CASE(unreachable_nodes_are_backend_unavailable) {
+    const int port = free_port();
+    const std::string node = "127.0.0.1:" + std::to_string(port);
+    auto start = Clock::now();
+    try {
+        connect("redis://" + node + "?connect_timeout=500ms");
+        BOOST_ERROR("connected to nothing");
+    } catch (const BackendUnavailable &e) {
+        BOOST_TEST(std::string(e.what()).find(node) != std::string::npos);
+        BOOST_TEST(std::string(e.what()).find("unreachable") != std::string::npos);
+    }
+    BOOST_TEST(ms_since(start) < 2000);
+    // Redlock needs a quorum reachable at connect.
+    const std::string two = "127.0.0.1:" + std::to_string(free_port());
+    BOOST_CHECK_THROW(connect("redlock://" + node + "," + two + ",127.0.0.1:" +
+                              std::to_string(free_port()) + "?connect_timeout=500ms"),
+                      BackendUnavailable);
+    // A non-routable address: the connect timeout bounds the wait.
+    start = Clock::now();
+    BOOST_CHECK_THROW(connect("redis://10.255.255.1:6379?connect_timeout=300ms"),
+                      BackendUnavailable);
+    BOOST_TEST(ms_since(start) < 3000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
