@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end tests of lockctl: drive the real binary as a user would, against
-# the private PostgreSQL server whose URL is in $LOCKEXT_URL (started by
-# scripts/run_lockctl_tests.sh), with the binary in $LOCKCTL. Every check
+# the private PostgreSQL server whose URL is in $LOCKEXT_URL, a redis-server
+# at $LOCKEXT_REDIS_URL and a 3-node Redlock at $LOCKEXT_REDLOCK_URL (all
+# started by scripts/run_lockctl_tests.sh), with the binary in $LOCKCTL. Every check
 # reads what the commands printed, wrote or returned; the summary line is
 # "lockctl tests: N passed, M failed".
 set -u
 
 : "${LOCKCTL:?path of the lockctl binary}" "${LOCKEXT_URL:?postgres URL of a server with lockext}"
+: "${LOCKEXT_REDIS_URL:?redis:// URL of a redis-server}" "${LOCKEXT_REDLOCK_URL:?redlock:// URL}"
 WORK=$(mktemp -d /tmp/lockctl-test.XXXXXX)
 PASSED=0
 FAILED=0
@@ -65,6 +67,16 @@ await_holder() {
         sleep 0.05
     done
     echo "    no holder of $1 appeared" >&2
+    return 1
+}
+
+# Wait (up to 10 s) until file $1 exists.
+await_file() {
+    for _ in $(seq 200); do
+        [ -e "$1" ] && return 0
+        sleep 0.05
+    done
+    echo "    $1 never appeared" >&2
     return 1
 }
 
@@ -328,6 +340,68 @@ usage_case "a bad --metrics-listen" run x --metrics-listen nowhere -- true
 "$LOCKCTL" run x --url "postgresql://127.0.0.1:1/none?connect_timeout=2" -- true 2>"$WORK/unreach.err"
 check "an unreachable server exits 69" same "$?" 69
 check "with one line on stderr" same "$(wc -l <"$WORK/unreach.err")" 1
+# --- Redis and Redlock ----------------------------------------------------------
+
+# The same run semantics on the other backends: concurrent runs serialize
+# with rising tokens, and a wait that runs out exits 75.
+for url in "$LOCKEXT_REDIS_URL" "$LOCKEXT_REDLOCK_URL"; do
+    scheme=${url%%://*}
+    rm -f "$WORK/serial.log"
+    LOCKEXT_URL=$url "$LOCKCTL" run serial --wait 10s -- sh -c "$section" "$WORK/serial.log" &
+    p1=$!
+    LOCKEXT_URL=$url "$LOCKCTL" run serial --wait 10s -- sh -c "$section" "$WORK/serial.log" &
+    p2=$!
+    wait $p1; rc1=$?
+    wait $p2; rc2=$?
+    check "$scheme: two concurrent runs both succeed" same "$rc1 $rc2" "0 0"
+    check "$scheme: they serialize (sections never overlap)" overlap_free
+    check "$scheme: the later run has the higher fencing token" tokens_rise
+    rm -f "$WORK/busy.$scheme"
+    LOCKEXT_URL=$url "$LOCKCTL" run busy -- sh -c 'touch "$0"; sleep 3' "$WORK/busy.$scheme" &
+    holder=$!
+    await_file "$WORK/busy.$scheme"
+    t0=$(now_ms)
+    LOCKEXT_URL=$url "$LOCKCTL" run busy --wait 300ms -- true 2>/dev/null
+    rc=$?
+    elapsed=$(($(now_ms) - t0))
+    check "$scheme: a run that times out exits 75" same "$rc" 75
+    check "$scheme: it gave up after about --wait (${elapsed} ms)" test "$elapsed" -ge 250 -a "$elapsed" -lt 2500
+    kill "$holder" 2>/dev/null
+    wait "$holder" 2>/dev/null
+done
+
+# A lease deleted behind the holder's back (as a Redis admin or an eviction
+# would) is found lost at the next renewal: the command gets SIGTERM and
+# lockctl exits 76.
+redis_port=${LOCKEXT_REDIS_URL##*:}
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" run rvictim --ttl 1500ms -- sh -c \
+    "trap 'echo terminated >> $WORK/rvictim.log; exit 0' TERM; touch $WORK/rvictim.up; while :; do sleep 0.1; done" \
+    2>"$WORK/rvictim.err" &
+victim=$!
+await_file "$WORK/rvictim.up"
+redis-cli -p "$redis_port" DEL 'lockext:{rvictim}' >/dev/null
+t0=$(now_ms)
+wait "$victim"
+rc=$?
+check "redis: a run whose lease was deleted exits 76" same "$rc" 76
+check "redis: its command got SIGTERM" contains "$WORK/rvictim.log" '^terminated$'
+check "redis: it noticed within a renewal period ($(($(now_ms) - t0)) ms)" test $(($(now_ms) - t0)) -lt 3000
+
+# What Redis cannot do is refused plainly, with status 78.
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" holders 2>"$WORK/rholders.err"
+check "redis: holders exits 78" same "$?" 78
+check "redis: and says there is no global view" contains "$WORK/rholders.err" 'no global view'
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" force-release anything 2>"$WORK/rforce.err"
+check "redis: force-release exits 78" same "$?" 78
+check "redis: with one line on stderr" same "$(wc -l <"$WORK/rforce.err")" 1
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" work lockctl_jobs -- true 2>/dev/null
+check "redis: work exits 78" same "$?" 78
+"$LOCKCTL" run x --url "redis://127.0.0.1:$(free_port)?connect_timeout=500ms" -- true 2>"$WORK/runreach.err"
+check "redis: an unreachable node exits 69" same "$?" 69
+check "redis: with one line on stderr" same "$(wc -l <"$WORK/runreach.err")" 1
+usage_case "redis: a bad port" run x --url "redis://127.0.0.1:notaport" -- true
+usage_case "redlock: a host listed twice" run x --url "redlock://127.0.0.1:1,127.0.0.1:1" -- true
+
 "$LOCKCTL" run --help >"$WORK/help.out"
 check "run --help shows examples" contains "$WORK/help.out" '^Examples:'
 for cmd in holders release force-release enqueue work; do
