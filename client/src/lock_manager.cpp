@@ -174,19 +174,37 @@ std::optional<Lock> LockManager::try_acquire(std::string_view name, const LockOp
         detail::acquire_with_retries(core, series, name, options, sent_at);
     // A backend that knows when it granted saves a clock reading (about as
     // much as the whole in-memory lookup costs).
-    const auto obtained_at =
-        lease && lease->granted_at != Steady::time_point{} ? lease->granted_at : Steady::now();
+    const bool grant_time_known = lease && lease->granted_at != Steady::time_point{};
+    const auto obtained_at = grant_time_known ? lease->granted_at : Steady::now();
     series.wait->observe(detail::seconds_between(started, obtained_at));
     if (!lease) {
         series.not_obtained->inc();
         return std::nullopt;
     }
     series.acquired->inc();
+    // The lease's local clock starts at the grant when the backend knows it,
+    // else at the send of the request that got it.
+    const auto counted_from = grant_time_known ? obtained_at : sent_at;
     Lock lock(new detail::LockState(core_, std::move(*lease), series, options.ttl,
-                                    options.auto_renew, sent_at, obtained_at));
+                                    options.auto_renew, counted_from, obtained_at));
     if (options.auto_renew)
-        core.watchdog().watch(*lock.state_,
-                              detail::saturating_add(sent_at, detail::renew_interval(options.ttl)));
+        core.watchdog().watch(*lock.state_, detail::saturating_add(
+                                                counted_from, detail::renew_interval(options.ttl)));
+    // After a wait inside the backend the grant may have come long after the
+    // request was sent, so the local deadline (counted from the send, the
+    // only moment known to precede the grant) would end the lease early, or
+    // at once when the wait outlasted the TTL. One renewal restarts the count
+    // from a moment known to follow the grant. (The in-memory backend says
+    // when it granted, so it never needs this.)
+    if (!grant_time_known && obtained_at - sent_at >= detail::renew_interval(options.ttl)) {
+        try {
+            lock.renew();
+        } catch (const LockLost &) {
+            return std::nullopt;  // it lapsed before the caller could use it
+        } catch (const BackendUnavailable &) {
+            // Keep it: the watchdog retries until the (early) local deadline.
+        }
+    }
     return lock;
 }
 

@@ -69,6 +69,7 @@ struct Waiter {
     // Written under the shard mutex; read without it only while spinning.
     std::atomic<bool> granted{false};
     std::int64_t token = 0;
+    Steady::time_point granted_at;  // the grant's moment: the lease runs from it
     Steady::time_point expires;
     std::condition_variable cv;
     Waiter *prev = nullptr;
@@ -334,9 +335,8 @@ class MemoryBackend final : public Backend {
         bool spun = false;
         for (;;) {
             if (w.granted.load(std::memory_order_relaxed)) {
-                const auto granted_at = Steady::now();
-                return lease_for(name, options, w.token, wall_.to_system(w.expires, granted_at),
-                                 granted_at);
+                return lease_for(name, options, w.token, wall_.to_system(w.expires, Steady::now()),
+                                 w.granted_at);
             }
             if (now >= deadline) {
                 const bool was_head = e.head == &w;
@@ -539,6 +539,7 @@ class MemoryBackend final : public Backend {
             dequeue(e, w);
             w.granted.store(true, std::memory_order_release);
             w.token = h.token;
+            w.granted_at = now;
             w.expires = h.expires;
             w.cv.notify_one();
             granted = true;

@@ -7,6 +7,7 @@
 #include <latch>
 #include <mutex>
 #include <stdexcept>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -188,6 +189,32 @@ BOOST_AUTO_TEST_CASE(expired_lease_is_taken_over) {
     BOOST_TEST(!old.release());
     BOOST_TEST(next.is_held());
     BOOST_TEST(next.release());
+}
+
+// A lease obtained after a wait longer than its TTL is held on return, and
+// for about its TTL from then: its local deadline counts from the grant, not
+// from the request that waited for it (with and without the watchdog).
+BOOST_AUTO_TEST_CASE(lease_after_a_long_wait_is_held) {
+    for (const bool renew : {false, true}) {
+        BOOST_TEST_CONTEXT("auto_renew " << renew) {
+            auto locks = manager();
+            auto other = manager();
+            const std::string name = unique_name("long-wait");
+            std::optional<Lock> first = locks->acquire(name, {.ttl = 10s});
+            std::thread releaser([&] {
+                std::this_thread::sleep_for(900ms);
+                first.reset();
+            });
+            Lock second = other->acquire(name, {.ttl = 400ms, .wait = 5s, .auto_renew = renew});
+            const auto got_at = Clock::now();
+            releaser.join();
+            BOOST_TEST(second.is_held());
+            std::this_thread::sleep_for(150ms);
+            BOOST_TEST(second.is_held());
+            BOOST_TEST(ms_since(got_at) < 400);  // (the checks above ran within its TTL)
+            BOOST_TEST(second.release());
+        }
+    }
 }
 
 // A lost lease is loud: renew throws, is_held is false, on_lost runs once and
