@@ -415,23 +415,34 @@ std::vector<RedisOutcome> RedisBackend::eval_all(ScriptId script,
         return out;
     }
     std::vector<RedisOutcome> got = redis_call_all(pools, asked, timeout, sent_at);
+    // Rare (a restarted node or SCRIPT FLUSH): EVAL caches the script again,
+    // on all such nodes at once and within the same per-node timeout.
+    std::vector<RedisNodePool *> again_pools;
+    std::vector<RedisCommand> evals;
+    std::vector<std::size_t> again;
+    for (std::size_t k = 0; k < index.size(); k++) {
+        if (got[k].kind == RedisOutcome::Kind::reply && is_noscript(got[k].reply.get())) {
+            RedisCommand eval = *asked[k];
+            eval.set(0, "EVAL");
+            eval.set(1, redis_script(script).text);
+            evals.push_back(std::move(eval));
+            again_pools.push_back(pools[k]);
+            again.push_back(k);
+        }
+    }
+    if (!again.empty()) {
+        std::vector<const RedisCommand *> eval_ptrs;
+        for (const RedisCommand &c : evals)
+            eval_ptrs.push_back(&c);
+        Steady::time_point ignored;
+        std::vector<RedisOutcome> retried =
+            redis_call_all(again_pools, eval_ptrs, timeout, &ignored);
+        for (std::size_t j = 0; j < again.size(); j++)
+            got[again[j]] = std::move(retried[j]);
+    }
     for (std::size_t k = 0; k < index.size(); k++) {
         const std::size_t i = index[k];
         out[i] = std::move(got[k]);
-        if (out[i].kind == RedisOutcome::Kind::reply && is_noscript(out[i].reply.get())) {
-            // Rare (a restarted node or SCRIPT FLUSH): EVAL caches it again.
-            RedisCommand eval = *commands[i];
-            eval.set(0, "EVAL");
-            eval.set(1, redis_script(script).text);
-            try {
-                RedisNodePool::Handle handle = pools_[i]->checkout();
-                out[i].reply = handle->call(eval);
-            } catch (const BackendUnavailable &e) {
-                out[i].kind = RedisOutcome::Kind::unavailable;
-                out[i].reply.reset();
-                out[i].message = e.what();
-            }
-        }
         classify_error_reply(out[i], pools_[i]->label());
     }
     return out;

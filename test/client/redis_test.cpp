@@ -383,4 +383,36 @@ BOOST_AUTO_TEST_CASE(dead_last_waiter_leaves_no_queue_state) {
     BOOST_TEST(raw.integer({"HEXISTS", state_key, ".w"}) == 0);
 }
 
+// Scripts flushed from the servers (SCRIPT FLUSH, or a restart) are sent
+// again with EVAL: acquire, renew and release keep working, on one node and
+// on a Redlock.
+BOOST_AUTO_TEST_CASE(flushed_scripts_are_sent_again) {
+    ThreeNodes nodes;
+    RedisServer single;
+    const std::vector<std::string> urls = {"redis://" + single.address(), nodes.url()};
+    const std::vector<std::vector<int>> ports = {{single.port()},
+                                                 {nodes.a.port(), nodes.b.port(), nodes.c.port()}};
+    for (std::size_t u = 0; u < urls.size(); u++) {
+        BOOST_TEST_CONTEXT("url " << urls[u]) {
+            auto flush = [&] {
+                for (int port : ports[u]) {
+                    RawRedis raw(port);
+                    BOOST_TEST(raw.command({"SCRIPT", "FLUSH"}) == "OK");
+                }
+            };
+            auto locks = connect(urls[u]);
+            const std::string name = unique_name("flushed");
+            Lock first = locks->acquire(name, opts(5s));
+            flush();
+            BOOST_CHECK_NO_THROW(first.renew());
+            flush();
+            BOOST_TEST(first.release());
+            flush();
+            Lock second = locks->acquire(name, opts(5s));
+            BOOST_TEST(second.token() > first.token());
+            BOOST_TEST(second.release());
+        }
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
