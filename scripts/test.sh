@@ -2,7 +2,7 @@
 # Run every test: pg_regress and isolation specs against a private server,
 # the TAP crash tests, the 16-client lock stress run, the queue stress run,
 # the C++ client's tests (plain, ThreadSanitizer, AddressSanitizer;
-# in-memory and PostgreSQL backends), and lockctl's end-to-end tests.
+# in-memory, PostgreSQL, Redis and Redlock backends), and lockctl's end-to-end tests.
 # Installs what is missing.
 # Ends with one "N passed, N failed" line; exits non-zero on any failure.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,8 +45,8 @@ suite "pg_regress + isolation" regress_and_isolation
 suite "TAP (crash, restart, not preloaded)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
 suite "stress (16 clients)" bash "$LOCKEXT_ROOT/scripts/run_stress.sh"
 suite "queue stress (8 workers, kill -9)" bash "$LOCKEXT_ROOT/scripts/run_queue_stress.sh"
-suite "client (plain, TSan, ASan; memory + PostgreSQL)" bash "$LOCKEXT_ROOT/scripts/run_client_tests.sh"
-suite "lockctl end to end (PostgreSQL, tmux)" bash "$LOCKEXT_ROOT/scripts/run_lockctl_tests.sh"
+suite "client (plain, TSan, ASan; memory, PostgreSQL, Redis, Redlock)" bash "$LOCKEXT_ROOT/scripts/run_client_tests.sh"
+suite "lockctl end to end (PostgreSQL, Redis, Redlock, tmux)" bash "$LOCKEXT_ROOT/scripts/run_lockctl_tests.sh"
 
 echo
 [ "$failed" = 0 ] || echo "failed suites: ${failed_names[*]}"
