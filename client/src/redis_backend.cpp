@@ -135,9 +135,12 @@ std::optional<Lease> RedisBackend::acquire_one(std::string_view name, const Lock
     const bool waits = options.wait > milliseconds::zero();
     const Steady::time_point deadline = redis_deadline_after(options.wait);
     // One acquire script call; 'q' joins (or refreshes our place in) the queue.
+    // When the latest attempt was sent: a grant it brings came after it.
+    Steady::time_point attempt_sent;
     auto attempt = [&](char policy) {
         RedisCommand command = acquire_command(keys, id, options, policy, token_floor(false), true,
                                                redis_sleep_cap_ms(deadline));
+        attempt_sent = Steady::now();
         RedisReply reply = eval_one(ScriptId::acquire, command, false);
         return parse_acquire(node.pool.label(), *reply);
     };
@@ -151,6 +154,9 @@ std::optional<Lease> RedisBackend::acquire_one(std::string_view name, const Lock
         lease.token = r.token;
         lease.handle = id;
         lease.expires_at = from_epoch_ms(r.expiry_ms);
+        // The lease's local clock starts at the send of the attempt that got
+        // it (not at the first one, which may be long before after a wait).
+        lease.granted_at = attempt_sent;
         return lease;
     };
     // Leave the queue; a failure is harmless (the place expires by itself).

@@ -277,6 +277,9 @@ RedisBackend::Attempt RedisBackend::attempt_quorum(const RedisKeys &keys, std::s
                 lease.token = token;
                 lease.handle = id;
                 lease.expires_at = start_sys + options.ttl - drift;
+                // Counted from here, the local deadline (ttl later) is the
+                // end of the validity: is_held() turns false with it.
+                lease.granted_at = start - drift;
                 result.lease = std::move(lease);
                 return result;
             }

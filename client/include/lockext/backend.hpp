@@ -26,9 +26,13 @@ struct Lease {
     // Backend-private holder identity (the random holder value on Redis); may be empty.
     std::string handle;
     std::chrono::system_clock::time_point expires_at;
-    // When the lease was granted by the steady clock, for a backend that knows
-    // it without reading the clock again (the in-memory one); the default
-    // (zero) means unknown, and the manager reads the clock after the call.
+    // A steady-clock moment at or before the grant from which the lease's TTL
+    // may be counted locally (is_held(), the watchdog's deadline), and where
+    // the wait ends for the metrics: the grant itself (memory), the send of
+    // the request that got it (Redis), the start of the quorum round less the
+    // clock drift allowance (Redlock). The default (zero) means unknown: the
+    // manager counts from the send of its own request, and renews once after
+    // a long wait inside the backend.
     std::chrono::steady_clock::time_point granted_at{};
 };
 
