@@ -5,7 +5,10 @@
 #include <chrono>
 #include <cstdint>
 #include <thread>
+#include <string>
 #include <vector>
+
+#include "lockext/lockext.hpp"
 
 namespace lockext::bench {
 
@@ -26,6 +29,21 @@ double measure(int threads, double seconds, Body body) {
         th.join();
     const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
     return static_cast<double>(total.load()) / elapsed;
+}
+
+// Cycles of uncontended acquire + release through the client (30 s TTL,
+// one name per thread) until stop.
+inline std::int64_t client_cycles(LockManager &manager, int thread, std::atomic<bool> &stop) {
+    const std::string name = "bench:client:" + std::to_string(thread);
+    LockOptions options;
+    options.ttl = std::chrono::seconds(30);
+    std::int64_t n = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+        Lock lock = manager.acquire(name, options);
+        lock.release();
+        ++n;
+    }
+    return n;
 }
 
 }  // namespace lockext::bench

@@ -37,21 +37,8 @@ using Clock = std::chrono::steady_clock;
 // Client, raw and stmts runs per thread count (alternating).
 constexpr int kRounds = 11;
 
+using lockext::bench::client_cycles;
 using lockext::bench::measure;
-
-// Cycles of acquire + release through the client until stop.
-std::int64_t client_cycles(lockext::LockManager &manager, int thread, std::atomic<bool> &stop) {
-    const std::string name = "bench:client:" + std::to_string(thread);
-    lockext::LockOptions options;
-    options.ttl = std::chrono::seconds(30);
-    std::int64_t n = 0;
-    while (!stop.load(std::memory_order_relaxed)) {
-        lockext::Lock lock = manager.acquire(name, options);
-        lock.release();
-        ++n;
-    }
-    return n;
-}
 
 // Cycles of pg_advisory_lock + pg_advisory_unlock on conn until stop.
 std::int64_t raw_cycles(pqxx::connection &conn, int thread, std::atomic<bool> &stop) {

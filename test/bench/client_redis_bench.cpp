@@ -40,6 +40,7 @@ using Clock = std::chrono::steady_clock;
 // Client and raw runs per case (alternating).
 constexpr int kRounds = 5;
 
+using lockext::bench::client_cycles;
 using lockext::bench::measure;
 
 // The "host:port" entries of a redis:// or redlock:// URL (no password, no options).
@@ -129,20 +130,6 @@ std::string load_empty_script(Raw &conn) {
     std::string sha(r->str, r->len);
     freeReplyObject(r);
     return sha;
-}
-
-// Cycles of acquire + release through the client until stop.
-std::int64_t client_cycles(lockext::LockManager &manager, int thread, std::atomic<bool> &stop) {
-    const std::string name = "bench:client:" + std::to_string(thread);
-    lockext::LockOptions options;
-    options.ttl = std::chrono::seconds(30);
-    std::int64_t n = 0;
-    while (!stop.load(std::memory_order_relaxed)) {
-        lockext::Lock lock = manager.acquire(name, options);
-        lock.release();
-        ++n;
-    }
-    return n;
 }
 
 // Cycles of SET NX PX on every node in turn, then DEL on every node, until stop.

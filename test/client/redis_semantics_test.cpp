@@ -20,6 +20,34 @@
 using namespace lockext;
 using namespace lockext::test;
 
+namespace {
+
+// Two clients, two threads each, take `name` 15 times apiece, recording each
+// section (with its token) inside it: no section overlaps another, and in
+// grant order the tokens rise.
+void check_concurrent_grants(LockManager &one, LockManager &two, const std::string &name) {
+    SectionLog log;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+        threads.emplace_back([&, t] {
+            LockManager &locks = t % 2 ? one : two;
+            for (int i = 0; i < 15; i++) {
+                Lock lock = locks.acquire(name, opts(5s, 20s));
+                const auto start = Clock::now();
+                std::this_thread::sleep_for(1ms);
+                log.add(start, Clock::now(), lock.token());
+            }
+        });
+    }
+    for (auto &t : threads)
+        t.join();
+    BOOST_TEST(log.size() == 60u);
+    BOOST_TEST(log.overlaps() == 0);
+    BOOST_TEST(log.token_regressions() == 0);
+}
+
+}  // namespace
+
 BOOST_AUTO_TEST_SUITE(redis_semantics, *boost::unit_test::precondition(RedisRunGiven{}))
 
 // Tokens rise with every grant: across names and clients, through a node
@@ -59,24 +87,7 @@ BOOST_AUTO_TEST_CASE(tokens_rise_across_grants_and_restarts) {
     // Concurrent grants on one name, recorded inside the sections (which do
     // not overlap), so the record order is the grant order.
     const std::string name = unique_name("concurrent-tokens");
-    SectionLog log;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; t++) {
-        threads.emplace_back([&, t] {
-            LockManager &locks = t % 2 ? *one : *two;
-            for (int i = 0; i < 15; i++) {
-                Lock lock = locks.acquire(name, opts(5s, 20s));
-                const auto start = Clock::now();
-                std::this_thread::sleep_for(1ms);
-                log.add(start, Clock::now(), lock.token());
-            }
-        });
-    }
-    for (auto &t : threads)
-        t.join();
-    BOOST_TEST(log.size() == 60u);
-    BOOST_TEST(log.overlaps() == 0);
-    BOOST_TEST(log.token_regressions() == 0);
+    check_concurrent_grants(*one, *two, name);
 }
 
 // Redlock tokens rise across names, clients and grants, keep rising after a
@@ -111,24 +122,7 @@ BOOST_AUTO_TEST_CASE(redlock_tokens_rise_through_node_replacement) {
     // inside the non-overlapping sections) tokens rise, though the clients'
     // requests carry floors from their own clocks and race each other.
     const std::string name = unique_name("rl-concurrent");
-    SectionLog log;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; t++) {
-        threads.emplace_back([&, t] {
-            LockManager &locks = t % 2 ? *one : *two;
-            for (int i = 0; i < 15; i++) {
-                Lock lock = locks.acquire(name, opts(5s, 20s));
-                const auto start = Clock::now();
-                std::this_thread::sleep_for(1ms);
-                log.add(start, Clock::now(), lock.token());
-            }
-        });
-    }
-    for (auto &t : threads)
-        t.join();
-    BOOST_TEST(log.size() == 60u);
-    BOOST_TEST(log.overlaps() == 0);
-    BOOST_TEST(log.token_regressions() == 0);
+    check_concurrent_grants(*one, *two, name);
 }
 
 // TTLs are milliseconds on the server, not rounded to seconds: a 150 ms lease
