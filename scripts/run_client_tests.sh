@@ -108,4 +108,8 @@ for b in "${builds[@]}"; do
     run_tests "$b" "$REDLOCK_URL" || exit 1
 done
 check_package || exit 1
+# Hand the tested lockctl to the lockctl suite (scripts/test.sh sets the dir).
+if [ -n "${LOCKEXT_LOCKCTL_DIR:-}" ] && [ -d "$LOCKEXT_LOCKCTL_DIR" ]; then
+    cp "$WORK/release/lockctl" "$LOCKEXT_LOCKCTL_DIR/lockctl"
+fi
 echo "== client tests passed"

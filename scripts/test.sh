@@ -17,11 +17,14 @@ suite() {
     shift
     echo
     echo "######## $name"
+    local started=$SECONDS
     if "$@"; then
         passed=$((passed + 1))
+        echo "######## $name: passed in $((SECONDS - started)) s"
     else
         failed=$((failed + 1))
         failed_names+=("$name")
+        echo "######## $name: FAILED after $((SECONDS - started)) s"
     fi
 }
 
@@ -41,14 +44,20 @@ regress_and_isolation() {
 
 ensure_packages
 build_and_install
+# The client suite leaves its optimised lockext build here for the lockctl
+# suite, which then need not build lockctl again.
+LOCKEXT_LOCKCTL_DIR=$(mktemp -d /tmp/lockext-lockctl-bin.XXXXXX)
+export LOCKEXT_LOCKCTL_DIR
+trap 'rm -rf "$LOCKEXT_LOCKCTL_DIR"' EXIT
 suite "pg_regress + isolation" regress_and_isolation
 suite "TAP (crash, restart, not preloaded)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
 suite "stress (16 clients)" bash "$LOCKEXT_ROOT/scripts/run_stress.sh"
 suite "queue stress (8 workers, kill -9)" bash "$LOCKEXT_ROOT/scripts/run_queue_stress.sh"
 suite "client (plain, TSan, ASan; memory, PostgreSQL, Redis, Redlock)" bash "$LOCKEXT_ROOT/scripts/run_client_tests.sh"
+[ -x "$LOCKEXT_LOCKCTL_DIR/lockctl" ] && export LOCKCTL=$LOCKEXT_LOCKCTL_DIR/lockctl
 suite "lockctl end to end (PostgreSQL, Redis, Redlock, tmux)" bash "$LOCKEXT_ROOT/scripts/run_lockctl_tests.sh"
 
 echo
 [ "$failed" = 0 ] || echo "failed suites: ${failed_names[*]}"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed (in $SECONDS s)"
 [ "$failed" = 0 ]
