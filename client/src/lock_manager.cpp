@@ -175,7 +175,10 @@ std::optional<Lock> LockManager::try_acquire(std::string_view name, const LockOp
     // A backend that knows when it granted saves a clock reading (about as
     // much as the whole in-memory lookup costs).
     const bool grant_time_known = lease && lease->granted_at != Steady::time_point{};
-    const auto obtained_at = grant_time_known ? lease->granted_at : Steady::now();
+    // (Redlock's count starts before its round, by the drift allowance: a wait
+    // is never shorter than nothing.)
+    const auto obtained_at =
+        grant_time_known ? std::max(lease->granted_at, started) : Steady::now();
     series.wait->observe(detail::seconds_between(started, obtained_at));
     if (!lease) {
         series.not_obtained->inc();
@@ -184,7 +187,7 @@ std::optional<Lock> LockManager::try_acquire(std::string_view name, const LockOp
     series.acquired->inc();
     // The lease's local clock starts at the grant when the backend knows it,
     // else at the send of the request that got it.
-    const auto counted_from = grant_time_known ? obtained_at : sent_at;
+    const auto counted_from = grant_time_known ? lease->granted_at : sent_at;
     Lock lock(new detail::LockState(core_, std::move(*lease), series, options.ttl,
                                     options.auto_renew, counted_from, obtained_at));
     if (options.auto_renew)
