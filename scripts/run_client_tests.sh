@@ -32,17 +32,21 @@ trap cleanup EXIT
 build() {
     local dir=$WORK/$1 cxx=$2 flags=$3
     echo "== building client ($1)"
+    local started=$SECONDS
     cmake -S "$LOCKEXT_ROOT/client" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" >"$dir.log" 2>&1 ||
         { cat "$dir.log"; return 1; }
     cmake --build "$dir" -j "$JOBS" >>"$dir.log" 2>&1 || { tail -60 "$dir.log"; return 1; }
+    echo "   ($((SECONDS - started)) s)"
 }
 
 # Run build $1's test binary against URL $2.
 run_tests() {
     echo "== client tests ($1) against ${2%%\?*}"
+    local started=$SECONDS
     LOCKEXT_TEST_URL=$2 "$WORK/$1/lockext_client_tests" --log_level=error --report_level=short \
-        --color_output=no
+        --color_output=no || return 1
+    echo "   ($((SECONDS - started)) s)"
 }
 
 # Build a consumer of the installed package both ways and run it.

@@ -34,7 +34,7 @@ long long ms_since(Clock::time_point start) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(keyed_mutex)
+BOOST_AUTO_TEST_SUITE(keyed_mutex, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // 8 threads hammer 4 keys: no two holders of a key ever overlap and no
 // increment of the unprotected per-key counters is lost.

@@ -19,7 +19,7 @@
 using namespace lockext;
 using namespace lockext::test;
 
-BOOST_AUTO_TEST_SUITE(memory_backend)
+BOOST_AUTO_TEST_SUITE(memory_backend, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // Random tries and releases over 3,000 names (every length up to 128, many
 // sharing prefixes and lengths): a try succeeds exactly when the model says the name

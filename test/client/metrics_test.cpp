@@ -48,7 +48,7 @@ std::pair<int, std::string> promtool_check(const std::string &text) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(metrics)
+BOOST_AUTO_TEST_SUITE(metrics, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // A manager records acquires by outcome, waits and holds, under the class
 // its mapper gives; the raw lock names never appear.

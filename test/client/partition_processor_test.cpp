@@ -71,7 +71,8 @@ long long ms_since(Clock::time_point start) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(partition_processor)
+BOOST_AUTO_TEST_SUITE(partition_processor,
+                      *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // 100 keys x 200 tasks on 4 workers, submitted interleaved across keys: every
 // key's record is exactly 0..199 in order, no two tasks of a key overlap, and

@@ -1,6 +1,6 @@
 // connect() with postgres:// URLs that need no server: a malformed URL is
 // InvalidArgument before anything is contacted, and a server that cannot be
-// reached is BackendUnavailable. Runs on every backend under test.
+// reached is BackendUnavailable. Runs once per build, on the memory: run.
 #define BOOST_TEST_DYN_LINK
 #include <boost/test/unit_test.hpp>
 
@@ -36,7 +36,7 @@ std::string invalid_argument_message(const std::string &url) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(postgres_url)
+BOOST_AUTO_TEST_SUITE(postgres_url, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // Malformed URLs are rejected by parsing alone: each names its problem, and
 // none waits for the unreachable host they point at.

@@ -8,7 +8,7 @@
 // The suite runs when LOCKEXT_TEST_URL is a redis:// URL (scripts/
 // run_client_tests.sh sets that for one run per build), so it runs once per
 // build; it uses only its own servers. URL checks that need no server are in
-// redis_url_test.cpp and run with every backend.
+// redis_url_test.cpp and run once per build, on the memory: run.
 //
 // Child processes are this binary run again with LOCKEXT_REDIS_TEST_CHILD
 // set: the role runs before main() and exits, so the child is a fresh

@@ -1,7 +1,7 @@
 // redis:// and redlock:// URLs that need no server: malformed ones are
 // InvalidArgument (never echoing a password), rediss:// names the missing TLS,
 // and a node nobody listens on is BackendUnavailable within the connect
-// timeout. These run with every backend under test.
+// timeout. These run once per build, on the memory: run.
 #define BOOST_TEST_DYN_LINK
 #include <boost/test/unit_test.hpp>
 
@@ -14,7 +14,7 @@
 using namespace lockext;
 using namespace lockext::test;
 
-BOOST_AUTO_TEST_SUITE(redis_urls)
+BOOST_AUTO_TEST_SUITE(redis_urls, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // Every malformed form is InvalidArgument, and its message never shows the password.
 BOOST_AUTO_TEST_CASE(malformed_urls_are_invalid_argument) {

@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -44,6 +46,19 @@ inline std::string url() {
     const char *u = std::getenv("LOCKEXT_TEST_URL");
     return u && *u ? std::string(u) : std::string("memory:");
 }
+
+// A precondition for the suites that do not use the backend under test
+// (KeyedMutex, PartitionProcessor, the memory store, the watchdog, metrics,
+// URL parsing): they run once per build, on the memory: run, not once per
+// backend.
+struct LocalRun {
+    // Whether this is the memory: run.
+    boost::test_tools::assertion_result operator()(boost::unit_test::test_unit_id) const {
+        boost::test_tools::assertion_result ok(url().starts_with("memory:"));
+        ok.message() << "backend-independent; runs once per build, on the memory: run";
+        return ok;
+    }
+};
 
 // A manager on the backend under test (a separate client each call on servers).
 inline std::unique_ptr<LockManager> manager(ConnectOptions options = {}) {

@@ -39,7 +39,7 @@ long long ms_between(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(watchdog)
+BOOST_AUTO_TEST_SUITE(watchdog, *boost::unit_test::precondition(lockext::test::LocalRun{}))
 
 // A renewal that reports "not held" makes the loss loud: on_lost once, the
 // stop token, is_held false, and the lost-lease metric.
