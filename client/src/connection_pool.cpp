@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdio>
 #include <iterator>
+#include <new>
 #include <set>
 #include <string_view>
 #include <utility>
@@ -18,11 +19,17 @@
 
 namespace lockext::detail {
 
-// A pooled connection with the error handler that keeps server notices off
-// stderr; the handler must go before its connection, hence the member order.
+// Closes a PGconn.
+struct PgConnFinish {
+    // Close the connection (PQfinish accepts nullptr).
+    void operator()(PGconn *c) const noexcept {
+        PQfinish(c);
+    }
+};
+
+// A pooled connection.
 struct PooledSlot {
-    std::unique_ptr<pqxx::connection> conn;
-    std::unique_ptr<pqxx::quiet_errorhandler> quiet;
+    std::unique_ptr<PGconn, PgConnFinish> conn;
     // When it was last given back (only its holder touches it).
     std::chrono::steady_clock::time_point returned_at{};
 };
@@ -32,11 +39,8 @@ namespace {
 // The health check of an idle connection. Nothing arrives unasked on an idle
 // connection of ours (we never LISTEN), so anything readable is the server's
 // goodbye: a FATAL (pg_terminate_backend, idle_session_timeout, shutdown) or
-// the end of the stream. The check costs one poll() and buys two things: no
-// call fails on a connection that died while idle, and libpqxx 6 is never
-// handed such a connection, on which a call leaks its PGresult (libpqxx reads
-// the dead connection's client encoding before taking the result over, and
-// that throws). A connection that breaks during a call still leaks about 2 kB.
+// the end of the stream. The check costs one poll() and buys that no call
+// fails on a connection that died while idle.
 //
 // A connection given back less than kFreshFor ago skips the check. In a busy
 // caller (an acquire, its release, the next acquire) the poll was one of six
@@ -48,9 +52,12 @@ namespace {
 constexpr std::chrono::microseconds kFreshFor{200};
 
 // Whether an idle connection may still be used: poll() finds nothing to read.
-bool looks_alive(pqxx::connection &conn) {
-    return conn.is_open() && idle_socket_is_quiet(conn.sock());
+bool looks_alive(PGconn *conn) {
+    return PQstatus(conn) == CONNECTION_OK && idle_socket_is_quiet(PQsocket(conn));
 }
+
+// A notice processor that drops server notices (they would go to stderr).
+void ignore_notice(void *, const char *) {}
 
 // The keys of a URI's query string ("?a=1&b=2" gives {a, b}).
 std::set<std::string, std::less<>> query_keys(std::string_view url) {
@@ -202,10 +209,10 @@ ConnectionPool::Handle::~Handle() {
 }
 
 // The checked-out connection.
-pqxx::connection &ConnectionPool::Handle::connection() {
+PGconn *ConnectionPool::Handle::connection() {
     if (!slot_)
         throw std::logic_error("lockext: use of a discarded pooled connection");
-    return *slot_->conn;
+    return slot_->conn.get();
 }
 
 // Close the connection now; a later checkout opens a new one.
@@ -241,7 +248,7 @@ ConnectionPool::Handle ConnectionPool::checkout(Use use) {
         }
     }
     if (slot && (std::chrono::steady_clock::now() - slot->returned_at < kFreshFor ||
-                 looks_alive(*slot->conn)))
+                 looks_alive(slot->conn.get())))
         return Handle(this, std::move(slot), use, true);
     // Died while idle: close it (outside the mutex) and open a new one.
     slot.reset();
@@ -253,23 +260,22 @@ ConnectionPool::Handle ConnectionPool::checkout(Use use) {
     }
 }
 
-// Connect, silence notices, turn off libpqxx's own reconnects, prepare.
+// Connect, silence notices, prepare.
 std::unique_ptr<PooledSlot> ConnectionPool::open_connection() {
     auto slot = std::make_unique<PooledSlot>();
-    try {
-        slot->conn = std::make_unique<pqxx::connection>(conninfo_);
-    } catch (const std::exception &e) {
-        throw_connect_error(e.what(), conninfo_);
+    slot->conn.reset(PQconnectdb(conninfo_.c_str()));
+    if (!slot->conn)
+        throw std::bad_alloc();
+    if (PQstatus(slot->conn.get()) != CONNECTION_OK)
+        throw_connect_error(PQerrorMessage(slot->conn.get()), conninfo_);
+    PQsetNoticeProcessor(slot->conn.get(), ignore_notice, nullptr);
+    if (setup_) {
+        try {
+            setup_(slot->conn.get());
+        } catch (const PgFailure &f) {
+            throw_mapped(f, PQdb(slot->conn.get()));
+        }
     }
-    slot->quiet = std::make_unique<pqxx::quiet_errorhandler>(*slot->conn);
-    // libpqxx 6 would otherwise reconnect a broken connection by itself; we
-    // want to see the break and replace the connection ourselves.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-    slot->conn->inhibit_reactivation(true);
-#pragma GCC diagnostic pop
-    if (setup_)
-        setup_(*slot->conn);
     return slot;
 }
 
@@ -299,6 +305,63 @@ void ConnectionPool::give_back(std::unique_ptr<PooledSlot> slot, Use use) noexce
     }
     if (use == Use::quick)
         quick_cv_.notify_one();
+}
+
+// ---- libpq failures ----------------------------------------------------------
+
+// The SQLSTATE and message of result (or of conn, with no result), and
+// whether conn is gone.
+PgFailure pg_failure(PGconn *conn, const PGresult *result) {
+    PgFailure f;
+    if (result != nullptr) {
+        if (const char *state = PQresultErrorField(result, PG_DIAG_SQLSTATE))
+            f.sqlstate = state;
+        f.message = PQresultErrorMessage(result);
+    }
+    if (f.message.empty())
+        f.message = PQerrorMessage(conn);
+    if (f.message.empty())
+        f.message = "no result from the server";
+    f.message = clean_message(f.message);
+    f.lost = PQstatus(conn) != CONNECTION_OK || f.sqlstate.starts_with("08") ||
+             f.sqlstate == "57P01" || f.sqlstate == "57P02" || f.sqlstate == "57P03";
+    return f;
+}
+
+// Own result, or throw its failure.
+PgResult pg_checked(PGconn *conn, PGresult *result, ExecStatusType expected) {
+    PgResult r(result);
+    if (!r || PQresultStatus(r.get()) != expected)
+        throw pg_failure(conn, r.get());
+    return r;
+}
+
+namespace {
+
+// SQLSTATE to lockext error (the table in postgres_backend.cpp).
+[[noreturn]] void throw_for_sqlstate(const std::string &state, const std::string &message,
+                                     bool lost, const std::string &db) {
+    if (lost)
+        throw BackendUnavailable("PostgreSQL connection lost: " + message);
+    if (state == "22023" || state == "22004" || state == "42622" || state == "55000" ||
+        state == "55P03" || state == "22008")
+        throw InvalidArgument(message);
+    if (state == "42501")
+        throw InvalidArgument("permission denied: " + message);
+    if (state == "42883" || state == "3F000" || state == "42P01")
+        throw InvalidArgument("lockext extension is not installed in database \"" + db +
+                              "\": " + message);
+    if (state.starts_with("53") || state == "57014")
+        throw BackendUnavailable("PostgreSQL: " + message);
+    throw Error("PostgreSQL error" + (state.empty() ? std::string() : " " + state) + ": " +
+                message);
+}
+
+}  // namespace
+
+// A libpq failure as a lockext error.
+void throw_mapped(const PgFailure &failure, const std::string &db) {
+    throw_for_sqlstate(failure.sqlstate, failure.message, failure.lost, db);
 }
 
 // ---- Shared by postgres_backend.cpp and pg_transaction.cpp ------------------
@@ -346,24 +409,9 @@ bool connection_lost(const pqxx::failure &e, pqxx::connection_base &conn) {
     return !conn.is_open();
 }
 
-// SQLSTATE to lockext error (see postgres_backend.cpp).
+// A libpqxx failure as a lockext error (see postgres_backend.cpp).
 void throw_mapped(const pqxx::failure &e, bool lost, const std::string &db) {
-    const std::string message = clean_message(e.what());
-    if (lost)
-        throw BackendUnavailable("PostgreSQL connection lost: " + message);
-    const std::string state = sqlstate_of(e);
-    if (state == "22023" || state == "22004" || state == "42622" || state == "55000" ||
-        state == "55P03" || state == "22008")
-        throw InvalidArgument(message);
-    if (state == "42501")
-        throw InvalidArgument("permission denied: " + message);
-    if (state == "42883" || state == "3F000" || state == "42P01")
-        throw InvalidArgument("lockext extension is not installed in database \"" + db +
-                              "\": " + message);
-    if (state.starts_with("53") || state == "57014")
-        throw BackendUnavailable("PostgreSQL: " + message);
-    throw Error("PostgreSQL error" + (state.empty() ? std::string() : " " + state) + ": " +
-                message);
+    throw_for_sqlstate(sqlstate_of(e), clean_message(e.what()), lost, db);
 }
 
 }  // namespace lockext::detail

@@ -1,6 +1,11 @@
 // A small pool of PostgreSQL connections for the postgres backend.
 //
-// A pqxx::connection is not thread-safe, so every call checks one out, uses it
+// The pool holds libpq connections (PGconn) directly, not libpqxx ones: the
+// backend's three statements are its hot path, and libpq lets them travel
+// with binary parameters and results (no interval text for the server to
+// parse, no number formatting or parsing on either side) and without
+// libpqxx's per-call transaction object, result copy and encoding lookups.
+// A PGconn is not thread-safe, so every call checks one out, uses it
 // alone and hands it back. There are two kinds of checkout:
 //   - Use::quick (tries, renewals, releases, views): at most `size` at once;
 //     more block on a condition variable (never polling) until one is given
@@ -35,6 +40,7 @@
 #include <string_view>
 #include <vector>
 
+#include <libpq-fe.h>
 #include <pqxx/pqxx>
 
 #include "thread_annotations.hpp"
@@ -48,8 +54,9 @@ class ConnectionPool {
     // What a connection is checked out for (see the rules above).
     enum class Use { quick, wait };
 
-    // Prepares the statements a backend needs on each new connection.
-    using Setup = std::function<void(pqxx::connection &)>;
+    // Prepares the statements a backend needs on each new connection; throws
+    // PgFailure when the server refuses.
+    using Setup = std::function<void(PGconn *)>;
 
     // A checked-out connection; returns it to the pool when destroyed.
     class Handle {
@@ -61,7 +68,7 @@ class ConnectionPool {
         ~Handle();
 
         // The connection, for this thread alone until the handle is gone.
-        pqxx::connection &connection();
+        PGconn *connection();
         // Drop the connection instead of returning it (it is broken).
         void discard() noexcept;
         // Whether the connection served earlier checkouts: such a one may have
@@ -135,6 +142,35 @@ void check_conninfo(const std::string &conninfo);
 
 // A libpq/server message without its "ERROR:  " prefix and trailing newline.
 std::string clean_message(std::string_view message);
+
+// A failed libpq call, before it is mapped to a lockext error: the SQLSTATE
+// (empty when there is none), the message, and whether the connection is gone.
+struct PgFailure {
+    std::string sqlstate;
+    std::string message;
+    bool lost = false;
+};
+
+// Frees a PGresult.
+struct PgResultFree {
+    // Release the result (PQclear accepts nullptr).
+    void operator()(PGresult *r) const noexcept {
+        PQclear(r);
+    }
+};
+using PgResult = std::unique_ptr<PGresult, PgResultFree>;
+
+// The failure a libpq call left: its result's SQLSTATE and message (or the
+// connection's, when there is no result), and whether the connection broke.
+PgFailure pg_failure(PGconn *conn, const PGresult *result);
+
+// Take a libpq result, or throw the PgFailure it (or its absence) describes
+// when its status is not `expected`.
+PgResult pg_checked(PGconn *conn, PGresult *result, ExecStatusType expected);
+
+// Throw the lockext error for a failed libpq call (the SQLSTATE table at the
+// top of postgres_backend.cpp); db names the database in "not installed" messages.
+[[noreturn]] void throw_mapped(const PgFailure &failure, const std::string &db);
 
 // ---- Shared by postgres_backend.cpp and pg_transaction.cpp ------------------
 

@@ -35,6 +35,7 @@
 // Thread safety: the backend's own fields are set before it is shared (in
 // make_postgres_backend) and never change after; all mutable state is the
 // pool's (connection_pool.hpp).
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -52,13 +53,13 @@ using std::chrono::microseconds;
 using std::chrono::milliseconds;
 using std::chrono::system_clock;
 
-// Prepared statement names and texts. Intervals travel as text in
-// microseconds ("30000000 us"), typed as interval parameters: an expression on
-// a parameter (such as $2 * interval '1 µs') makes PostgreSQL's plan cache
-// prefer re-planning the statement on every call (a custom plan folds the
-// expression, so it looks cheaper than the generic one), which costs about
-// 3 µs of server CPU per call. Times come back as bigint microseconds since
-// the epoch, never as timestamp text.
+// Type OIDs of the parameters (fixed for built-in types in every PostgreSQL).
+constexpr Oid kInt4 = 23, kInt8 = 20, kText = 25, kInterval = 1186;
+
+// Prepared statements. Parameters and results travel in binary: an interval
+// as microseconds (no text for the server's interval parser), tokens and
+// times as 8-byte integers. Times come back as bigint microseconds since the
+// epoch.
 //
 // A try (wait 0) reads no server clock: the lease is granted after the
 // client sent the request, so "sent + ttl" by the client's clock is a lower
@@ -69,26 +70,42 @@ using std::chrono::system_clock;
 //
 // Tries come in one statement per mode, with the mode (and max_holders where
 // it is always 1) as literals: every parameter costs both sides about 0.3 µs.
-constexpr const char *kTryExclusive = "lockext_client_try_exclusive";
-constexpr const char *kTryExclusiveSql =
-    "SELECT lockext.acquire($1, $2::interval, '0', 'exclusive', 'lease', 1, $3)";
-constexpr const char *kTryShared = "lockext_client_try_shared";
-constexpr const char *kTrySharedSql =
-    "SELECT lockext.acquire($1, $2::interval, '0', 'shared', 'lease', 1, $3)";
-constexpr const char *kTrySemaphore = "lockext_client_try_semaphore";
-constexpr const char *kTrySemaphoreSql =
-    "SELECT lockext.acquire($1, $2::interval, '0', 'semaphore', 'lease', $4::int, $3)";
-constexpr const char *kWait = "lockext_client_wait";
-constexpr const char *kWaitSql =
-    "SELECT lockext.acquire($1, $2::interval, $6::interval, $3, 'lease', $4::int, $5), "
-    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
-constexpr const char *kRenew = "lockext_client_renew";
-constexpr const char *kRenewSql =
+struct Statement {
+    const char *name;
+    const char *sql;
+    int params;
+    Oid types[6];
+};
+constexpr Statement kTryExclusive{
+    "lockext_client_try_exclusive",
+    "SELECT lockext.acquire($1, $2, '0', 'exclusive', 'lease', 1, $3)",
+    3,
+    {kText, kInterval, kText}};
+constexpr Statement kTryShared{"lockext_client_try_shared",
+                               "SELECT lockext.acquire($1, $2, '0', 'shared', 'lease', 1, $3)",
+                               3,
+                               {kText, kInterval, kText}};
+constexpr Statement kTrySemaphore{
+    "lockext_client_try_semaphore",
+    "SELECT lockext.acquire($1, $2, '0', 'semaphore', 'lease', $4, $3)",
+    4,
+    {kText, kInterval, kText, kInt4}};
+constexpr Statement kWait{"lockext_client_wait",
+                          "SELECT lockext.acquire($1, $2, $6, $3, 'lease', $4, $5), "
+                          "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                          6,
+                          {kText, kInterval, kText, kInt4, kText, kInterval}};
+constexpr Statement kRenew{
+    "lockext_client_renew",
     "SELECT e IS NOT NULL, "
     "CASE WHEN isfinite(e) THEN (extract(epoch FROM e) * 1000000)::bigint END "
-    "FROM lockext.renew($1, $2::bigint, $3::interval) AS e";
-constexpr const char *kRelease = "lockext_client_release";
-constexpr const char *kReleaseSql = "SELECT lockext.release($1, $2::bigint)";
+    "FROM lockext.renew($1, $2, $3) AS e",
+    3,
+    {kText, kInt8, kInterval}};
+constexpr Statement kRelease{
+    "lockext_client_release", "SELECT lockext.release($1, $2)", 2, {kText, kInt8}};
+constexpr const Statement *kStatements[] = {&kTryExclusive, &kTryShared, &kTrySemaphore,
+                                            &kWait,         &kRenew,     &kRelease};
 
 constexpr const char *kHoldersSql =
     "SELECT h.name, h.mode, coalesce(h.owner, ''), coalesce(h.token, 0), "
@@ -99,33 +116,82 @@ constexpr const char *kHoldersSql =
     "LEFT JOIN (SELECT name, count(*)::int AS n FROM lockext.waiters GROUP BY name) w "
     "ON w.name = h.name ORDER BY h.name, h.token";
 
-// Prepare the backend's statements on a new connection (libpqxx prepares
-// them in the server at their first use, once per connection).
-void prepare_statements(pqxx::connection &conn) {
-    conn.prepare(kTryExclusive, kTryExclusiveSql);
-    conn.prepare(kTryShared, kTrySharedSql);
-    conn.prepare(kTrySemaphore, kTrySemaphoreSql);
-    conn.prepare(kWait, kWaitSql);
-    conn.prepare(kRenew, kRenewSql);
-    conn.prepare(kRelease, kReleaseSql);
+// Prepare the backend's statements on a new connection.
+void prepare_statements(PGconn *conn) {
+    for (const Statement *st : kStatements)
+        pg_checked(conn, PQprepare(conn, st->name, st->sql, st->params, st->types),
+                   PGRES_COMMAND_OK);
 }
 
-// A duration as interval text in microseconds, e.g. "30000000 us".
-std::string interval_text(microseconds d) {
-    return std::to_string(d.count()) + " us";
+// Network byte order, for binary parameters.
+void put_be64(char *out, std::uint64_t v) {
+    for (int i = 7; i >= 0; --i, v >>= 8)
+        out[i] = static_cast<char>(v & 0xff);
+}
+void put_be32(char *out, std::uint32_t v) {
+    for (int i = 3; i >= 0; --i, v >>= 8)
+        out[i] = static_cast<char>(v & 0xff);
 }
 
-// A mode as the SQL API spells it (a string libpqxx can send without copying).
-const std::string &mode_text(Mode mode) {
-    static const std::string exclusive("exclusive"), shared("shared"), semaphore("semaphore");
-    switch (mode) {
-        case Mode::shared:
-            return shared;
-        case Mode::semaphore:
-            return semaphore;
-        default:
-            return exclusive;
+// A bigint parameter in binary (8 bytes, big-endian).
+struct Int8Param {
+    char bytes[8];
+    // Encode v.
+    explicit Int8Param(std::int64_t v) {
+        put_be64(bytes, static_cast<std::uint64_t>(v));
     }
+};
+
+// An int parameter in binary.
+struct Int4Param {
+    char bytes[4];
+    // Encode v.
+    explicit Int4Param(std::int32_t v) {
+        put_be32(bytes, static_cast<std::uint32_t>(v));
+    }
+};
+
+// An interval parameter in binary: microseconds, days, months.
+struct IntervalParam {
+    char bytes[16]{};
+    // Encode d as microseconds alone (0 days, 0 months: exact, no calendar).
+    explicit IntervalParam(microseconds d) {
+        put_be64(bytes, static_cast<std::uint64_t>(d.count()));
+    }
+};
+
+// A binary bigint, bool or int field of a result row.
+std::int64_t get_int8(const PGresult *r, int row, int col) {
+    const auto *p = reinterpret_cast<const unsigned char *>(PQgetvalue(r, row, col));
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+        v = (v << 8) | p[i];
+    return static_cast<std::int64_t>(v);
+}
+bool get_bool(const PGresult *r, int row, int col) {
+    return PQgetvalue(r, row, col)[0] != 0;
+}
+
+// A text field of a text-format result row.
+std::string_view get_text(const PGresult *r, int row, int col) {
+    return {PQgetvalue(r, row, col), static_cast<std::size_t>(PQgetlength(r, row, col))};
+}
+
+// A text-format integer field.
+std::int64_t text_int(const PGresult *r, int row, int col) {
+    const std::string_view t = get_text(r, row, col);
+    std::int64_t v = 0;
+    std::from_chars(t.data(), t.data() + t.size(), v);
+    return v;
+}
+
+// Run a prepared statement with binary parameters and binary results; throws
+// PgFailure unless it returned rows.
+PgResult exec_statement(PGconn *conn, const Statement &st, const char *const *values,
+                        const int *lengths) {
+    static constexpr int kBinary[6] = {1, 1, 1, 1, 1, 1};
+    return pg_checked(conn, PQexecPrepared(conn, st.name, st.params, values, lengths, kBinary, 1),
+                      PGRES_TUPLES_OK);
 }
 
 // A server time in microseconds since the epoch, as a time_point.
@@ -143,6 +209,18 @@ Mode parse_mode(std::string_view text) {
     return Mode::exclusive;
 }
 
+// A mode as the SQL API spells it.
+std::string_view mode_text(Mode mode) {
+    switch (mode) {
+        case Mode::shared:
+            return "shared";
+        case Mode::semaphore:
+            return "semaphore";
+        default:
+            return "exclusive";
+    }
+}
+
 class PostgresBackend final : public Backend {
   public:
     // A backend over a pool of size connections to the server conninfo names.
@@ -152,20 +230,22 @@ class PostgresBackend final : public Backend {
     // Open the first connection and check the extension is usable there.
     void verify() {
         ConnectionPool::Handle handle = pool_.checkout(ConnectionPool::Use::quick);
-        pqxx::connection &conn = handle.connection();
-        db_ = conn.dbname();
+        PGconn *conn = handle.connection();
+        db_ = PQdb(conn);
         try {
-            pqxx::nontransaction tx(conn);
-            if (tx.exec("SELECT 1 FROM pg_extension WHERE extname = 'lockext'").empty())
+            PgResult r = pg_checked(
+                conn, PQexec(conn, "SELECT 1 FROM pg_extension WHERE extname = 'lockext'"),
+                PGRES_TUPLES_OK);
+            if (PQntuples(r.get()) == 0)
                 throw InvalidArgument("lockext extension is not installed in database \"" + db_ +
                                       "\" (run CREATE EXTENSION lockext there)");
             // Fails with 55000 and a hint when the library was not preloaded.
-            tx.exec("SELECT slots_total FROM lockext.stats");
-        } catch (const pqxx::failure &e) {
-            const bool lost = connection_lost(e, conn);
-            if (lost)
+            pg_checked(conn, PQexec(conn, "SELECT slots_total FROM lockext.stats"),
+                       PGRES_TUPLES_OK);
+        } catch (const PgFailure &f) {
+            if (f.lost)
                 handle.discard();
-            throw_mapped(e, lost, db_);
+            throw_mapped(f, db_);
         }
     }
 
@@ -190,45 +270,48 @@ class PostgresBackend final : public Backend {
 
     // lockext.renew; the server's new expiry, or empty when no longer held.
     std::optional<system_clock::time_point> renew(const Lease &lease, milliseconds ttl) override {
-        const std::string ttl_text = interval_text(ttl);
-        pqxx::result r = call(true, [&](pqxx::connection &conn) {
-            pqxx::nontransaction tx(conn);
-            return tx.exec_prepared(kRenew, lease.name, lease.token, ttl_text);
-        });
-        if (!r[0][0].as<bool>())
+        const Int8Param token(lease.token);
+        const IntervalParam ttl_param{microseconds(ttl)};
+        const char *values[] = {lease.name.data(), token.bytes, ttl_param.bytes};
+        const int lengths[] = {static_cast<int>(lease.name.size()), 8, 16};
+        PgResult r =
+            call(true, [&](PGconn *conn) { return exec_statement(conn, kRenew, values, lengths); });
+        if (!get_bool(r.get(), 0, 0))
             return std::nullopt;
-        if (r[0][1].is_null())  // infinity: no expiry (never for a lease)
+        if (PQgetisnull(r.get(), 0, 1))  // infinity: no expiry (never for a lease)
             return system_clock::time_point::max();
-        return from_epoch_us(r[0][1].as<std::int64_t>());
+        return from_epoch_us(get_int8(r.get(), 0, 1));
     }
 
     // lockext.release; false when no longer held.
     bool release(const Lease &lease) override {
-        pqxx::result r = call(true, [&](pqxx::connection &conn) {
-            pqxx::nontransaction tx(conn);
-            return tx.exec_prepared(kRelease, lease.name, lease.token);
-        });
-        return r[0][0].as<bool>();
+        const Int8Param token(lease.token);
+        const char *values[] = {lease.name.data(), token.bytes};
+        const int lengths[] = {static_cast<int>(lease.name.size()), 8};
+        PgResult r = call(
+            true, [&](PGconn *conn) { return exec_statement(conn, kRelease, values, lengths); });
+        return get_bool(r.get(), 0, 0);
     }
 
     // lockext.holders with each name's waiter count from lockext.waiters.
     std::vector<HolderInfo> holders() override {
-        pqxx::result r = call(true, [&](pqxx::connection &conn) {
-            pqxx::nontransaction tx(conn);
-            return tx.exec(kHoldersSql);
+        PgResult r = call(true, [&](PGconn *conn) {
+            return pg_checked(conn, PQexec(conn, kHoldersSql), PGRES_TUPLES_OK);
         });
+        const int rows = PQntuples(r.get());
         std::vector<HolderInfo> out;
-        out.reserve(r.size());
-        for (const auto &row : r) {
+        out.reserve(static_cast<std::size_t>(rows));
+        for (int i = 0; i < rows; ++i) {
+            const PGresult *res = r.get();
             HolderInfo h;
-            h.name = row[0].as<std::string>();
-            h.mode = parse_mode(row[1].as<std::string>());
-            h.owner = row[2].as<std::string>();
-            h.token = row[3].as<std::int64_t>();
-            h.acquired_at = from_epoch_us(row[4].as<std::int64_t>());
-            h.expires_at = row[5].is_null() ? system_clock::time_point::max()
-                                            : from_epoch_us(row[5].as<std::int64_t>());
-            h.waiters = row[6].as<int>();
+            h.name = get_text(res, i, 0);
+            h.mode = parse_mode(get_text(res, i, 1));
+            h.owner = get_text(res, i, 2);
+            h.token = text_int(res, i, 3);
+            h.acquired_at = from_epoch_us(text_int(res, i, 4));
+            h.expires_at = PQgetisnull(res, i, 5) ? system_clock::time_point::max()
+                                                  : from_epoch_us(text_int(res, i, 5));
+            h.waiters = static_cast<int>(text_int(res, i, 6));
             out.push_back(std::move(h));
         }
         return out;
@@ -237,12 +320,15 @@ class PostgresBackend final : public Backend {
     // lockext.force_release (needs EXECUTE on it).
     int force_release(std::string_view name) override {
         const std::string key(name);
+        const char *values[] = {key.c_str()};
         // Not retried: a lost reply may hide a release that happened.
-        pqxx::result r = call(false, [&](pqxx::connection &conn) {
-            pqxx::nontransaction tx(conn);
-            return tx.exec_params("SELECT lockext.force_release($1)", key);
+        PgResult r = call(false, [&](PGconn *conn) {
+            return pg_checked(conn,
+                              PQexecParams(conn, "SELECT lockext.force_release($1)", 1, nullptr,
+                                           values, nullptr, nullptr, 0),
+                              PGRES_TUPLES_OK);
         });
-        return r[0][0].as<int>();
+        return static_cast<int>(text_int(r.get(), 0, 0));
     }
 
   private:
@@ -252,43 +338,50 @@ class PostgresBackend final : public Backend {
                                     const LockOptions &options,
                                     std::optional<std::int64_t> wait_us) {
         const bool is_try = wait_us && *wait_us == 0;
-        const std::string ttl = interval_text(options.ttl);
         const std::string &owner = options.owner.empty() ? default_owner() : options.owner;
-        std::string key(name);
-        pqxx::connection &conn = handle.connection();
-        const auto sent = system_clock::now();
-        pqxx::result r;
-        try {
-            pqxx::nontransaction tx(conn);
-            if (is_try && options.mode == Mode::semaphore) {
-                r = tx.exec_prepared(kTrySemaphore, key, ttl, owner, options.max_holders);
-            } else if (is_try) {
-                r = tx.exec_prepared(options.mode == Mode::shared ? kTryShared : kTryExclusive, key,
-                                     ttl, owner);
-            } else {
-                std::optional<std::string> wait;
-                if (wait_us)
-                    wait = interval_text(microseconds(*wait_us));
-                r = tx.exec_prepared(kWait, key, ttl, mode_text(options.mode), options.max_holders,
-                                     owner, wait);
-            }
-        } catch (const pqxx::failure &e) {
-            // Not retried: the server may have granted a lease whose reply was lost.
-            const bool lost = connection_lost(e, conn);
-            if (lost)
-                handle.discard();
-            throw_mapped(e, lost, db_);
+        const IntervalParam ttl{microseconds(options.ttl)};
+        const Int4Param max_holders(options.max_holders);
+        const std::string_view mode = mode_text(options.mode);
+        const IntervalParam wait{microseconds(wait_us.value_or(0))};
+        // $1 name, $2 ttl, $3 owner, $4 max_holders for the tries; the wait's
+        // order is that of kWait's parameter list.
+        const char *values[6] = {name.data(), ttl.bytes, owner.data(), max_holders.bytes};
+        int lengths[6] = {static_cast<int>(name.size()), 16, static_cast<int>(owner.size()), 4};
+        const Statement *st = &kTryExclusive;
+        if (is_try && options.mode == Mode::semaphore) {
+            st = &kTrySemaphore;
+        } else if (is_try) {
+            st = options.mode == Mode::shared ? &kTryShared : &kTryExclusive;
+        } else {
+            st = &kWait;
+            values[2] = mode.data();
+            lengths[2] = static_cast<int>(mode.size());
+            values[4] = owner.data();
+            lengths[4] = static_cast<int>(owner.size());
+            values[5] = wait_us ? wait.bytes : nullptr;  // NULL: no limit
+            lengths[5] = 16;
         }
-        if (r[0][0].is_null())
+        PGconn *conn = handle.connection();
+        const auto sent = system_clock::now();
+        PgResult r;
+        try {
+            r = exec_statement(conn, *st, values, lengths);
+        } catch (const PgFailure &f) {
+            // Not retried: the server may have granted a lease whose reply was lost.
+            if (f.lost)
+                handle.discard();
+            throw_mapped(f, db_);
+        }
+        if (PQgetisnull(r.get(), 0, 0))
             return std::nullopt;
         Lease lease;
-        lease.name = std::move(key);
+        lease.name.assign(name);
         lease.mode = options.mode;
         lease.max_holders = options.max_holders;
-        lease.token = r[0][0].as<std::int64_t>();
+        lease.token = get_int8(r.get(), 0, 0);
         // A try: granted after `sent`. A wait: the server's clock right after
         // the grant (later than the grant by at most the wake-up latency).
-        const auto start = is_try ? sent : from_epoch_us(r[0][1].as<std::int64_t>());
+        const auto start = is_try ? sent : from_epoch_us(get_int8(r.get(), 0, 1));
         lease.expires_at = start + options.ttl;
         return lease;
     }
@@ -298,19 +391,17 @@ class PostgresBackend final : public Backend {
     // retried once on a new one: most likely it died while idle (a killed
     // backend, idle_session_timeout) and the server is fine.
     template <class F>
-    pqxx::result call(bool idempotent, F &&fn) {
+    PgResult call(bool idempotent, F &&fn) {
         for (int attempt = 0;; ++attempt) {
             ConnectionPool::Handle handle = pool_.checkout(ConnectionPool::Use::quick);
-            pqxx::connection &conn = handle.connection();
             try {
-                return fn(conn);
-            } catch (const pqxx::failure &e) {
-                const bool lost = connection_lost(e, conn);
-                if (!lost)
-                    throw_mapped(e, false, db_);
+                return fn(handle.connection());
+            } catch (const PgFailure &f) {
+                if (!f.lost)
+                    throw_mapped(f, db_);
                 handle.discard();
                 if (!(idempotent && handle.reused() && attempt == 0))
-                    throw_mapped(e, true, db_);
+                    throw_mapped(f, db_);
             }
         }
     }

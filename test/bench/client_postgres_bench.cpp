@@ -9,8 +9,10 @@
 // raw:    libpqxx prepared statements SELECT pg_advisory_lock($1) and
 //         SELECT pg_advisory_unlock($1), one connection per thread.
 // stmts:  the client's own two statements (lockext.acquire, lockext.release)
-//         as raw libpqxx calls, one connection per thread: the server's part
-//         of the client's cost, for telling it from the client's own.
+//         as raw libpqxx calls with text parameters, one connection per
+//         thread: the server's part of the client's cost, for telling it from
+//         the client's own (the client sends them through libpq, with binary
+//         parameters, which costs both sides less).
 // All are two round trips per cycle. Runs alternate client/raw/stmts 11
 // times; the best of each, the median of the per-round client/raw ratios and
 // their range are reported, so a noisy neighbour hurts all alike.

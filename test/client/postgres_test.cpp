@@ -267,6 +267,57 @@ BOOST_AUTO_TEST_CASE(tokens_and_expiries_match_the_holders_view) {
         BOOST_CHECK_GT(next->token(), lock.token());
 }
 
+// Names and owners travel as bytes and TTLs as exact microseconds (the
+// backend sends binary parameters): multibyte UTF-8 up to the 128-byte limit
+// round-trips unchanged, and the server's expiry is its grant time plus the
+// TTL to the microsecond, for a try, a wait and a renewal.
+BOOST_AUTO_TEST_CASE(names_owners_and_ttls_round_trip_exactly) {
+    auto manager = lockext::connect(test_url());
+    // Multibyte characters, padded with "é" (2 bytes) to exactly 128 bytes.
+    std::string name = "ключ-ü-🔒-" + fresh_name("x");
+    while (name.size() + 2 <= 128)
+        name += "é";
+    if (name.size() < 128)
+        name += "x";
+    BOOST_REQUIRE_EQUAL(name.size(), 128u);
+    const std::string owner = "wörker-🔒-1";
+    lockext::LockOptions options = opts(std::chrono::milliseconds(12345));
+    options.owner = owner;
+    lockext::Lock lock = manager->acquire(name, options);
+    const pqxx::result row =
+        sql("SELECT name, owner, (extract(epoch FROM expires_at - acquired_at) * 1000000)::bigint "
+            "FROM lockext.holders WHERE token = " +
+            std::to_string(lock.token()));
+    BOOST_REQUIRE_EQUAL(row.size(), 1u);
+    BOOST_CHECK_EQUAL(row[0][0].as<std::string>(), name);
+    BOOST_CHECK_EQUAL(row[0][1].as<std::string>(), owner);
+    BOOST_CHECK_EQUAL(row[0][2].as<std::int64_t>(), 12345000);
+    bool listed = false;
+    for (const lockext::HolderInfo &h : manager->holders())
+        listed = listed || (h.token == lock.token() && h.name == name && h.owner == owner);
+    BOOST_CHECK(listed);
+
+    // A renewal for 7.001 s: the new expiry is the server's clock + 7001 ms.
+    const auto before =
+        sql("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")[0][0]
+            .as<std::int64_t>();
+    lock.renew(std::chrono::milliseconds(7001));
+    const std::int64_t expiry = epoch_us(lock.expires_at());
+    BOOST_CHECK_GE(expiry, before + 7001000);
+    BOOST_CHECK_LT(expiry, before + 7001000 + 2000000);
+    BOOST_CHECK(lock.release());
+
+    // A wait (a server-side statement with the wait as a binary interval)
+    // that times out after 250 ms, behind a holder of the same name.
+    lockext::Lock holder = manager->acquire(name, opts(std::chrono::seconds(20)));
+    const auto started = std::chrono::steady_clock::now();
+    BOOST_CHECK(!manager->try_acquire(name, opts(std::chrono::seconds(20), 250ms)).has_value());
+    const auto waited = std::chrono::steady_clock::now() - started;
+    BOOST_CHECK(waited >= 250ms);
+    BOOST_CHECK(waited < 5s);
+    BOOST_CHECK(holder.release());
+}
+
 // A lease belongs to no connection: killing every connection of the client
 // leaves it held, and it renews (same token) once the pool reconnects.
 BOOST_AUTO_TEST_CASE(lease_survives_killed_connections) {
