@@ -196,7 +196,7 @@ std::chrono::system_clock::time_point LockState::renew(
         MutexLock lock(mu);
         ttl_ = ttl;
         expires_at_ = *expiry;
-        local_deadline_ = saturating_add(sent_at, ttl);
+        local_deadline_ = saturating_add(sent_at, ttl - core->backend().renew_margin(ttl));
     }
     series.renewed->inc();
     // The next watchdog renewal must follow the new ttl, not the old schedule.
@@ -266,7 +266,7 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
         MutexLock lock(mu);
         if (expiry) {
             expires_at_ = *expiry;
-            local_deadline_ = saturating_add(sent_at, ttl);
+            local_deadline_ = saturating_add(sent_at, ttl - core->backend().renew_margin(ttl));
             next = saturating_add(sent_at, renew_interval(ttl));
         } else {
             notice = mark_lost();

@@ -82,6 +82,7 @@ class RedisBackend final : public Backend {
     std::optional<Lease> acquire(std::string_view name, const LockOptions &options) override;
     std::optional<std::chrono::system_clock::time_point> renew(
         const Lease &lease, std::chrono::milliseconds ttl) override;
+    std::chrono::milliseconds renew_margin(std::chrono::milliseconds ttl) const noexcept override;
     bool release(const Lease &lease) override;
 
   private:

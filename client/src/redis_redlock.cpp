@@ -312,6 +312,12 @@ RedisBackend::Attempt RedisBackend::attempt_quorum(const RedisKeys &keys, std::s
     return result;
 }
 
+// Redlock's validity after a renewal ends the drift allowance before ttl;
+// one node's lease lasts the full ttl.
+milliseconds RedisBackend::renew_margin(milliseconds ttl) const noexcept {
+    return redlock_ ? drift_for(ttl) : milliseconds::zero();
+}
+
 // Renew on every node; ours while a quorum renewed within the validity.
 std::optional<system_clock::time_point> RedisBackend::renew_quorum(const Lease &lease,
                                                                    milliseconds ttl) {

@@ -415,21 +415,37 @@ BOOST_AUTO_TEST_CASE(flushed_scripts_are_sent_again) {
     }
 }
 
-// On Redlock a lease is valid for ttl less the drift allowance (ttl/100 +
-// 2 ms) from the start of the round that got it; is_held() follows that, not
-// the full ttl from the request.
+// Check that lock, valid on Redlock for 3000 ms less the drift allowance
+// (ttl/100 + 2 ms = 32 ms) from a moment at or after from, is held shortly
+// before that validity ends and not held after it (not the full ttl).
+void check_held_for_the_validity(const Lock &lock, Clock::time_point from) {
+    std::this_thread::sleep_until(from + 2900ms);
+    const bool held_before = lock.is_held();
+    std::this_thread::sleep_until(from + 2985ms);
+    BOOST_TEST(held_before);
+    BOOST_TEST(!lock.is_held());
+}
+
+// On Redlock a lease is valid for ttl less the drift allowance from the
+// start of the round that got it; is_held() follows that, not the full ttl
+// from the request.
 BOOST_AUTO_TEST_CASE(redlock_is_held_follows_the_validity) {
     ThreeNodes nodes;
     auto locks = connect(nodes.url());
     Lock lock =
         locks->acquire(unique_name("validity"), opts(3000ms, 0ms, Mode::exclusive, 1, false));
-    const auto got_at = Clock::now();
-    // The validity ends at most 3000 - 32 ms after got_at.
-    std::this_thread::sleep_until(got_at + 2900ms);
-    const bool held_before = lock.is_held();
-    std::this_thread::sleep_until(got_at + 2985ms);
-    BOOST_TEST(held_before);
-    BOOST_TEST(!lock.is_held());
+    check_held_for_the_validity(lock, Clock::now());
+}
+
+// The same after a renewal, counted from the renewal's send.
+BOOST_AUTO_TEST_CASE(redlock_is_held_after_a_renewal_follows_the_validity) {
+    ThreeNodes nodes;
+    auto locks = connect(nodes.url());
+    Lock lock =
+        locks->acquire(unique_name("validity-renew"), opts(1000ms, 0ms, Mode::exclusive, 1, false));
+    const auto sent = Clock::now();
+    lock.renew(3000ms);
+    check_held_for_the_validity(lock, sent);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -54,6 +54,14 @@ class Backend {
     virtual std::optional<std::chrono::system_clock::time_point> renew(
         const Lease &lease, std::chrono::milliseconds ttl) = 0;
 
+    // How much sooner than "renew sent + ttl" a renewed lease must count as
+    // gone locally (is_held(), the watchdog's deadline): the clock drift
+    // allowance where validity is less than the ttl (Redlock), else zero.
+    virtual std::chrono::milliseconds renew_margin(std::chrono::milliseconds ttl) const noexcept {
+        (void)ttl;
+        return std::chrono::milliseconds::zero();
+    }
+
     // Release a lease; false when it was no longer held. Safe to repeat.
     virtual bool release(const Lease &lease) = 0;
 
