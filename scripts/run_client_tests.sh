@@ -15,18 +15,58 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/lib_redis.sh"
 
 ensure_packages cmake pkg-config clang libpqxx-dev libboost-test-dev prometheus redis-server \
-    libhiredis-dev
+    libhiredis-dev pgbouncer
 WORK=$(mktemp -d /tmp/lockext-client.XXXXXX)
 JOBS=$(nproc)
 
 # Stop the servers and remove the build trees; the EXIT trap.
 cleanup() {
+    stop_pgbouncer
     stop_server
     LOCKEXT_SERVER_DIR=${NOPRELOAD_DIR:-} stop_server
     stop_redis_nodes
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# A PgBouncer in transaction mode in front of the main server, on a unix
+# socket, with two server connections: fewer than the tests' client
+# connections, so one client connection's statements land on different
+# server connections. Sets LOCKEXT_TEST_PGBOUNCER_URL.
+start_pgbouncer() {
+    PGBOUNCER_DIR=$(mktemp -d /tmp/lockext-pgbouncer.XXXXXX)
+    chmod 755 "$PGBOUNCER_DIR"
+    [ "$(id -u)" = 0 ] && chown postgres: "$PGBOUNCER_DIR"
+    local port=$(( 20000 + RANDOM % 20000 ))
+    as_pg_user tee "$PGBOUNCER_DIR/pgbouncer.ini" >/dev/null <<EOF
+[databases]
+postgres = host=$PGHOST port=$PGPORT dbname=postgres user=postgres
+[pgbouncer]
+listen_addr =
+listen_port = $port
+unix_socket_dir = $PGBOUNCER_DIR
+auth_type = trust
+auth_file = $PGBOUNCER_DIR/users.txt
+pool_mode = transaction
+default_pool_size = 2
+logfile = $PGBOUNCER_DIR/pgbouncer.log
+pidfile = $PGBOUNCER_DIR/pgbouncer.pid
+EOF
+    echo '"postgres" ""' | as_pg_user tee "$PGBOUNCER_DIR/users.txt" >/dev/null
+    as_pg_user pgbouncer -d "$PGBOUNCER_DIR/pgbouncer.ini" >/dev/null ||
+        { cat "$PGBOUNCER_DIR/pgbouncer.log"; return 1; }
+    export LOCKEXT_TEST_PGBOUNCER_URL="postgresql:///postgres?host=$PGBOUNCER_DIR&port=$port&user=postgres"
+}
+
+# Stop the PgBouncer (by its own pid file: nothing else is signalled).
+stop_pgbouncer() {
+    [ -n "${PGBOUNCER_DIR:-}" ] && [ -d "$PGBOUNCER_DIR" ] || return 0
+    if [ -f "$PGBOUNCER_DIR/pgbouncer.pid" ]; then
+        kill "$(cat "$PGBOUNCER_DIR/pgbouncer.pid")" 2>/dev/null || true
+        sleep 0.2
+    fi
+    rm -rf "$PGBOUNCER_DIR"
+}
 
 # Configure and build the client in $WORK/$1 with compiler $2 and flags $3.
 build() {
@@ -99,6 +139,7 @@ start_server
 trap cleanup EXIT  # start_server set its own trap; ours stops every server
 psql -X -q -c "CREATE EXTENSION lockext" || exit 1
 PG_URL="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=postgres"
+start_pgbouncer || exit 1
 start_redis_nodes || exit 1
 
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"

@@ -79,8 +79,39 @@ std::set<std::string, std::less<>> query_keys(std::string_view url) {
 
 }  // namespace
 
+// Cut lockext_pooling=VALUE out of the query string.
+Pooling take_pooling(std::string &url) {
+    constexpr std::string_view kKey = "lockext_pooling=";
+    const auto q = url.find('?');
+    if (q == std::string::npos)
+        return Pooling::none;
+    std::string value;
+    bool found = false;
+    std::size_t at = q + 1;
+    while (at < url.size()) {
+        const auto amp = url.find('&', at);
+        const std::size_t end = amp == std::string::npos ? url.size() : amp;
+        if (std::string_view(url).substr(at, end - at).starts_with(kKey)) {
+            value = url.substr(at + kKey.size(), end - at - kKey.size());
+            found = true;
+            // Drop the pair with the '&' after it (or before it, when last).
+            if (amp != std::string::npos)
+                url.erase(at, end + 1 - at);
+            else
+                url.erase(at - 1, end - (at - 1));
+            continue;
+        }
+        at = end + 1;
+    }
+    if (!found || value == "none")
+        return Pooling::none;
+    if (value == "transaction")
+        return Pooling::transaction;
+    throw InvalidArgument("lockext_pooling must be 'transaction' or 'none', not '" + value + "'");
+}
+
 // The user's URI plus our defaults for what it leaves unset.
-std::string pool_conninfo(std::string_view url) {
+std::string pool_conninfo(std::string_view url, Pooling pooling) {
     const auto keys = query_keys(url);
     std::string out(url);
     bool has_query = out.find('?') != std::string::npos;
@@ -108,7 +139,11 @@ std::string pool_conninfo(std::string_view url) {
     add_default("fallback_application_name", "lockext");
     // Lock waits are bounded by LockOptions::wait; a server-wide
     // statement_timeout would cut them short with a confusing cancel.
-    add_default("options", "-c%20statement_timeout%3D0");
+    // Poolers refuse the `options` startup parameter (PgBouncer: "unsupported
+    // startup parameter"); there a cut wait is retried (57014, see
+    // postgres_backend.cpp).
+    if (pooling == Pooling::none)
+        add_default("options", "-c%20statement_timeout%3D0");
     return out;
 }
 
@@ -176,6 +211,10 @@ void throw_connect_error(const std::string &libpq_message, const std::string &co
         if (failed != std::string_view::npos)
             detail.remove_prefix(failed + 9);
     }
+    if (detail.find("unsupported startup parameter") != std::string_view::npos)
+        throw InvalidArgument("cannot connect to PostgreSQL: " + message +
+                              " (a connection pooler in transaction mode? add "
+                              "lockext_pooling=transaction to the URL)");
     for (std::string_view shape :
          {"invalid URI", "invalid connection option", "invalid percent-encoded", "missing \"=\"",
           "forbidden value", "unexpected spaces", "unterminated quoted", "end of string reached",
@@ -348,6 +387,12 @@ namespace {
         throw InvalidArgument(message);
     if (state == "42501")
         throw InvalidArgument("permission denied: " + message);
+    // Our prepared statements missing, or there already, on a connection we
+    // prepared ourselves: a transaction pooler between us and the server.
+    if (state == "26000" || state == "42P05")
+        throw InvalidArgument(message +
+                              " (a connection pooler in transaction mode? add "
+                              "lockext_pooling=transaction to the URL)");
     if (state == "42883" || state == "3F000" || state == "42P01")
         throw InvalidArgument("lockext extension is not installed in database \"" + db +
                               "\": " + message);

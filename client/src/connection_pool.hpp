@@ -122,11 +122,23 @@ class ConnectionPool {
     std::size_t waits_ GUARDED_BY(mu_) = 0;
 };
 
+// How the server at the URL hands out its connections: directly (none), or
+// through a pooler in transaction mode (PgBouncer's pool_mode = transaction),
+// where consecutive statements of one client connection may run on
+// different server connections.
+enum class Pooling { none, transaction };
+
+// Remove the client's own `lockext_pooling` query parameter from url (libpq
+// would reject it) and return its value: `transaction`, or `none` (also when
+// absent). Throws InvalidArgument for any other value.
+Pooling take_pooling(std::string &url);
+
 // The conninfo the pool connects with: the user's libpq URI plus defaults for
 // what the user did not set (connect_timeout, keepalives, application name,
-// and, unless the URL sets `options`, statement_timeout = 0 so lock waits are
-// bounded by LockOptions::wait alone).
-std::string pool_conninfo(std::string_view url);
+// and, unless the URL sets `options` or goes through a transaction pooler,
+// which refuses that startup parameter, statement_timeout = 0 so lock waits
+// are bounded by LockOptions::wait alone).
+std::string pool_conninfo(std::string_view url, Pooling pooling);
 
 // Throw InvalidArgument, naming what is wrong, when libpq cannot parse
 // conninfo (bad URI syntax, an unknown option); nothing is contacted. Values

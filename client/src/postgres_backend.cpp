@@ -116,7 +116,7 @@ constexpr const char *kHoldersSql =
     "LEFT JOIN (SELECT name, count(*)::int AS n FROM lockext.waiters GROUP BY name) w "
     "ON w.name = h.name ORDER BY h.name, h.token";
 
-// Prepare the backend's statements on a new connection.
+// Prepare the backend's statements on a new connection (direct connections only).
 void prepare_statements(PGconn *conn) {
     for (const Statement *st : kStatements)
         pg_checked(conn, PQprepare(conn, st->name, st->sql, st->params, st->types),
@@ -185,13 +185,18 @@ std::int64_t text_int(const PGresult *r, int row, int col) {
     return v;
 }
 
-// Run a prepared statement with binary parameters and binary results; throws
-// PgFailure unless it returned rows.
-PgResult exec_statement(PGconn *conn, const Statement &st, const char *const *values,
-                        const int *lengths) {
+// Run a statement with binary parameters and binary results: the prepared
+// one, or through a transaction pooler the unnamed one, parsed with every
+// call (a named statement lives on one server connection, and the pooler
+// may send the next call to another); throws PgFailure unless it returned rows.
+PgResult exec_statement(PGconn *conn, Pooling pooling, const Statement &st,
+                        const char *const *values, const int *lengths) {
     static constexpr int kBinary[6] = {1, 1, 1, 1, 1, 1};
-    return pg_checked(conn, PQexecPrepared(conn, st.name, st.params, values, lengths, kBinary, 1),
-                      PGRES_TUPLES_OK);
+    PGresult *r =
+        pooling == Pooling::none
+            ? PQexecPrepared(conn, st.name, st.params, values, lengths, kBinary, 1)
+            : PQexecParams(conn, st.sql, st.params, st.types, values, lengths, kBinary, 1);
+    return pg_checked(conn, r, PGRES_TUPLES_OK);
 }
 
 // A server time in microseconds since the epoch, as a time_point.
@@ -224,8 +229,10 @@ std::string_view mode_text(Mode mode) {
 class PostgresBackend final : public Backend {
   public:
     // A backend over a pool of size connections to the server conninfo names.
-    PostgresBackend(const std::string &conninfo, std::size_t size)
-        : pool_(conninfo, size, prepare_statements) {}
+    PostgresBackend(const std::string &conninfo, std::size_t size, Pooling pooling)
+        : pool_(conninfo, size,
+                pooling == Pooling::none ? ConnectionPool::Setup(prepare_statements) : nullptr),
+          pooling_(pooling) {}
 
     // Open the first connection and check the extension is usable there.
     void verify() {
@@ -274,8 +281,9 @@ class PostgresBackend final : public Backend {
         const IntervalParam ttl_param{microseconds(ttl)};
         const char *values[] = {lease.name.data(), token.bytes, ttl_param.bytes};
         const int lengths[] = {static_cast<int>(lease.name.size()), 8, 16};
-        PgResult r =
-            call(true, [&](PGconn *conn) { return exec_statement(conn, kRenew, values, lengths); });
+        PgResult r = call(true, [&](PGconn *conn) {
+            return exec_statement(conn, pooling_, kRenew, values, lengths);
+        });
         if (!get_bool(r.get(), 0, 0))
             return std::nullopt;
         if (PQgetisnull(r.get(), 0, 1))  // infinity: no expiry (never for a lease)
@@ -288,8 +296,9 @@ class PostgresBackend final : public Backend {
         const Int8Param token(lease.token);
         const char *values[] = {lease.name.data(), token.bytes};
         const int lengths[] = {static_cast<int>(lease.name.size()), 8};
-        PgResult r = call(
-            true, [&](PGconn *conn) { return exec_statement(conn, kRelease, values, lengths); });
+        PgResult r = call(true, [&](PGconn *conn) {
+            return exec_statement(conn, pooling_, kRelease, values, lengths);
+        });
         return get_bool(r.get(), 0, 0);
     }
 
@@ -365,7 +374,7 @@ class PostgresBackend final : public Backend {
         const auto sent = system_clock::now();
         PgResult r;
         try {
-            r = exec_statement(conn, *st, values, lengths);
+            r = exec_statement(conn, pooling_, *st, values, lengths);
         } catch (const PgFailure &f) {
             // Not retried: the server may have granted a lease whose reply was lost.
             if (f.lost)
@@ -407,6 +416,7 @@ class PostgresBackend final : public Backend {
     }
 
     ConnectionPool pool_;
+    const Pooling pooling_;
     std::string db_;
 };
 
@@ -418,9 +428,12 @@ std::shared_ptr<Backend> make_postgres_backend(std::string_view url,
                                                const ConnectOptions &options) {
     if (options.pool_size < 1)
         throw InvalidArgument("pool_size must be at least 1");
-    std::string conninfo = pool_conninfo(url);
+    std::string user_url(url);
+    const Pooling pooling = take_pooling(user_url);
+    std::string conninfo = pool_conninfo(user_url, pooling);
     check_conninfo(conninfo);
-    auto backend = std::make_shared<PostgresBackend>(std::move(conninfo), options.pool_size);
+    auto backend =
+        std::make_shared<PostgresBackend>(std::move(conninfo), options.pool_size, pooling);
     backend->verify();
     return backend;
 }

@@ -63,6 +63,28 @@ BOOST_AUTO_TEST_CASE(malformed_urls_are_invalid_argument_without_connecting) {
     }
 }
 
+// lockext_pooling is the client's own parameter: a bad value is
+// InvalidArgument without connecting, and a good one, wherever it stands in
+// the query, is taken out before libpq sees the URL (libpq would reject it as
+// an unknown option, InvalidArgument): what is left fails to connect.
+BOOST_AUTO_TEST_CASE(lockext_pooling_is_checked_and_taken_out) {
+    const auto started = Clock::now();
+    const std::string message = invalid_argument_message(
+        std::string("postgresql://") + kBlackhole + "/db?connect_timeout=30&lockext_pooling=bogus");
+    BOOST_CHECK(Clock::now() - started < 2s);
+    BOOST_TEST(message.find("'bogus'") != std::string::npos, "message: " << message);
+    for (const char *url :
+         {"postgresql://127.0.0.1:1/postgres?lockext_pooling=transaction&connect_timeout=3",
+          "postgresql://127.0.0.1:1/postgres?connect_timeout=3&lockext_pooling=transaction",
+          "postgresql://127.0.0.1:1/postgres?connect_timeout=3&lockext_pooling=transaction"
+          "&application_name=x",
+          "postgresql://127.0.0.1:1/postgres?lockext_pooling=none"}) {
+        BOOST_TEST_CONTEXT("url " << url) {
+            BOOST_CHECK_THROW(connect(url), BackendUnavailable);
+        }
+    }
+}
+
 // The password of a malformed URL never reaches the error message.
 BOOST_AUTO_TEST_CASE(malformed_url_message_hides_the_password) {
     const std::string message = invalid_argument_message("postgresql://u:secret-pw@[::1/db");
