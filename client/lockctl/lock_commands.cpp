@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "child_process.hpp"
+#include "lockext/pg.hpp"
 #include "cli.hpp"
 #include "metrics_server.hpp"
 #include "signals.hpp"
@@ -342,7 +343,7 @@ int cmd_release(const Args &args) {
                       "released by the process that holds them");
     }
     try {
-        pqxx::connection conn(url);
+        pqxx::connection conn(lockext::pg::libpq_url(url));
         pqxx::nontransaction tx(conn);
         const bool released =
             tx.exec_params1("SELECT lockext.release($1, $2)", name, token)[0].as<bool>();

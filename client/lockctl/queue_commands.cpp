@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "child_process.hpp"
+#include "lockext/pg.hpp"
 #include "cli.hpp"
 #include "metrics_server.hpp"
 #include "signals.hpp"
@@ -34,7 +35,8 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
-// The URL, checked to be PostgreSQL (the queues live in the extension).
+// The URL, checked to be PostgreSQL (the queues live in the extension), as
+// libpq takes it (without the client's own lockext_pooling).
 std::string postgres_url(const Args &args, std::string_view command) {
     const std::string url = backend_url(args);
     if (!is_postgres_url(url)) {
@@ -45,7 +47,11 @@ std::string postgres_url(const Args &args, std::string_view command) {
                           "lockext extension); got '" +
                           url.substr(0, url.find(':')) + ":'");
     }
-    return url;
+    try {
+        return lockext::pg::libpq_url(url);
+    } catch (...) {
+        rethrow_as_failure("");
+    }
 }
 
 // An interval literal PostgreSQL reads exactly ("1500 milliseconds").

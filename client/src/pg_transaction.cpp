@@ -1,4 +1,5 @@
-// The non-template part of lockext::pg::with_transaction (include/lockext/pg.hpp).
+// The non-template parts of include/lockext/pg.hpp: with_transaction's
+// acquire, and libpq_url.
 #include <chrono>
 #include <optional>
 #include <string>
@@ -36,3 +37,14 @@ std::int64_t acquire_in_transaction(pqxx::transaction_base &tx, std::string_view
 }
 
 }  // namespace lockext::pg::detail
+
+namespace lockext::pg {
+
+// The URL with lockext_pooling taken out.
+std::string libpq_url(std::string_view url) {
+    std::string out(url);
+    (void)lockext::detail::take_pooling(out);
+    return out;
+}
+
+}  // namespace lockext::pg

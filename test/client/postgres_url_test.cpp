@@ -8,6 +8,7 @@
 #include <string>
 
 #include "lockext/lockext.hpp"
+#include "lockext/pg.hpp"
 #include "test_support.hpp"
 
 using namespace lockext;
@@ -83,6 +84,23 @@ BOOST_AUTO_TEST_CASE(lockext_pooling_is_checked_and_taken_out) {
             BOOST_CHECK_THROW(connect(url), BackendUnavailable);
         }
     }
+}
+
+// pg::libpq_url gives the URL for one's own libpq connections: the client's
+// parameter taken out, everything else as it was.
+BOOST_AUTO_TEST_CASE(libpq_url_takes_out_the_clients_parameter) {
+    BOOST_TEST(pg::libpq_url("postgresql://h/db?lockext_pooling=transaction") ==
+               "postgresql://h/db");
+    BOOST_TEST(pg::libpq_url("postgresql://h/db?lockext_pooling=transaction&sslmode=require") ==
+               "postgresql://h/db?sslmode=require");
+    BOOST_TEST(pg::libpq_url("postgresql://h/db?sslmode=require&lockext_pooling=none") ==
+               "postgresql://h/db?sslmode=require");
+    BOOST_TEST(pg::libpq_url("postgresql://h/db?a=1&lockext_pooling=transaction&b=2") ==
+               "postgresql://h/db?a=1&b=2");
+    BOOST_TEST(pg::libpq_url("postgresql://h/db?sslmode=require") ==
+               "postgresql://h/db?sslmode=require");
+    BOOST_TEST(pg::libpq_url("postgresql://h/db") == "postgresql://h/db");
+    BOOST_CHECK_THROW(pg::libpq_url("postgresql://h/db?lockext_pooling=yes"), InvalidArgument);
 }
 
 // The password of a malformed URL never reaches the error message.

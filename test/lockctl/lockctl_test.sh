@@ -270,8 +270,15 @@ for n in 1 2 3 4; do
         "$LOCKCTL" enqueue lockctl_jobs --key "$k" "{\"k\": \"$k\", \"n\": $n}" >>"$WORK/ids"
     done
 done
-"$LOCKCTL" enqueue lockctl_jobs --key p --max-attempts 2 '{"poison": true}' >>"$WORK/ids"
+# The URL of a client behind a transaction pooler (lockext_pooling, the
+# client's own parameter) works for lockctl's own connections too.
+LOCKEXT_URL="$LOCKEXT_URL&lockext_pooling=transaction" \
+    "$LOCKCTL" enqueue lockctl_jobs --key p --max-attempts 2 '{"poison": true}' >>"$WORK/ids"
 check "enqueue prints each job's id" test "$(grep -cE '^[0-9]+$' "$WORK/ids")" = 13
+LOCKEXT_URL="$LOCKEXT_URL&lockext_pooling=transaction" "$LOCKCTL" run pooled -- true
+check "run works with lockext_pooling=transaction" same "$?" 0
+LOCKEXT_URL="$LOCKEXT_URL&lockext_pooling=maybe" "$LOCKCTL" enqueue lockctl_jobs '{}' 2>/dev/null
+check "enqueue with a bad lockext_pooling exits 64" same "$?" 64
 cat >"$WORK/job.sh" <<'EOF'
 #!/bin/sh
 # A job: record the payload; fail attempt 1 of n = 2, and every poison attempt.

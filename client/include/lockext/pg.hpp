@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -31,6 +32,12 @@ namespace detail {
 std::int64_t acquire_in_transaction(pqxx::transaction_base &tx, std::string_view name,
                                     const LockOptions &options);
 }  // namespace detail
+
+// url without the client's own query parameters (lockext_pooling), for
+// libpq or libpqxx connections of your own made from the same URL as
+// connect()'s: libpq rejects parameters it does not know. Throws
+// InvalidArgument for a bad lockext_pooling value.
+std::string libpq_url(std::string_view url);
 
 // Open a pqxx::work on conn, take lock_name in it, run fn, and commit.
 //
