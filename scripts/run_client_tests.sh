@@ -53,17 +53,34 @@ logfile = $PGBOUNCER_DIR/pgbouncer.log
 pidfile = $PGBOUNCER_DIR/pgbouncer.pid
 EOF
     echo '"postgres" ""' | as_pg_user tee "$PGBOUNCER_DIR/users.txt" >/dev/null
-    as_pg_user pgbouncer -d "$PGBOUNCER_DIR/pgbouncer.ini" >/dev/null ||
-        { cat "$PGBOUNCER_DIR/pgbouncer.log"; return 1; }
+    # With -d the command returns before the daemon listens: wait for its
+    # socket and pid file, so a failure shows here, not as failed tests.
+    as_pg_user /usr/sbin/pgbouncer -d "$PGBOUNCER_DIR/pgbouncer.ini" >/dev/null || true
+    local _
+    for _ in $(seq 100); do
+        [ -S "$PGBOUNCER_DIR/.s.PGSQL.$port" ] && [ -s "$PGBOUNCER_DIR/pgbouncer.pid" ] && break
+        sleep 0.1
+    done
+    if ! [ -S "$PGBOUNCER_DIR/.s.PGSQL.$port" ] || ! [ -s "$PGBOUNCER_DIR/pgbouncer.pid" ]; then
+        echo "pgbouncer did not start:"
+        cat "$PGBOUNCER_DIR/pgbouncer.log" 2>/dev/null
+        return 1
+    fi
+    PGBOUNCER_PID=$(cat "$PGBOUNCER_DIR/pgbouncer.pid")
     export LOCKEXT_TEST_PGBOUNCER_URL="postgresql:///postgres?host=$PGBOUNCER_DIR&port=$port&user=postgres"
 }
 
-# Stop the PgBouncer (by its own pid file: nothing else is signalled).
+# Stop our PgBouncer (its pid, checked to be a pgbouncer) and wait for it to go.
 stop_pgbouncer() {
     [ -n "${PGBOUNCER_DIR:-}" ] && [ -d "$PGBOUNCER_DIR" ] || return 0
-    if [ -f "$PGBOUNCER_DIR/pgbouncer.pid" ]; then
-        kill "$(cat "$PGBOUNCER_DIR/pgbouncer.pid")" 2>/dev/null || true
-        sleep 0.2
+    local pid=${PGBOUNCER_PID:-} _
+    [ -z "$pid" ] && [ -s "$PGBOUNCER_DIR/pgbouncer.pid" ] && pid=$(cat "$PGBOUNCER_DIR/pgbouncer.pid")
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = pgbouncer ]; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     rm -rf "$PGBOUNCER_DIR"
 }

@@ -59,10 +59,22 @@ bool looks_alive(PGconn *conn) {
 // A notice processor that drops server notices (they would go to stderr).
 void ignore_notice(void *, const char *) {}
 
+// Where a URI's query string starts (its '?'), or npos. As libpq reads a
+// URI, user info ends at an '@' met before any '/', and may hold an
+// unencoded '?' (a password): that one does not count.
+std::size_t query_start(std::string_view url) {
+    const auto scheme = url.find("://");
+    std::size_t from = scheme == std::string_view::npos ? 0 : scheme + 3;
+    const auto mark = url.find_first_of("@/", from);
+    if (mark != std::string_view::npos && url[mark] == '@')
+        from = mark + 1;
+    return url.find('?', from);
+}
+
 // The keys of a URI's query string ("?a=1&b=2" gives {a, b}).
 std::set<std::string, std::less<>> query_keys(std::string_view url) {
     std::set<std::string, std::less<>> keys;
-    const auto q = url.find('?');
+    const auto q = query_start(url);
     if (q == std::string_view::npos)
         return keys;
     std::string_view rest = url.substr(q + 1);
@@ -82,7 +94,7 @@ std::set<std::string, std::less<>> query_keys(std::string_view url) {
 // Cut lockext_pooling=VALUE out of the query string.
 Pooling take_pooling(std::string &url) {
     constexpr std::string_view kKey = "lockext_pooling=";
-    const auto q = url.find('?');
+    const auto q = query_start(url);
     if (q == std::string::npos)
         return Pooling::none;
     std::string value;
@@ -114,7 +126,7 @@ Pooling take_pooling(std::string &url) {
 std::string pool_conninfo(std::string_view url, Pooling pooling) {
     const auto keys = query_keys(url);
     std::string out(url);
-    bool has_query = out.find('?') != std::string::npos;
+    bool has_query = query_start(out) != std::string::npos;
     // Append key=value unless the user set key (their choice wins).
     auto add_default = [&](std::string_view key, std::string_view value) {
         if (keys.contains(key))
@@ -395,7 +407,7 @@ namespace {
                               "lockext_pooling=transaction to the URL)");
     if (state == "42883" || state == "3F000" || state == "42P01")
         throw InvalidArgument("lockext extension is not installed in database \"" + db +
-                              "\": " + message);
+                              "\" (run CREATE EXTENSION lockext there): " + message);
     if (state.starts_with("53") || state == "57014")
         throw BackendUnavailable("PostgreSQL: " + message);
     throw Error("PostgreSQL error" + (state.empty() ? std::string() : " " + state) + ": " +

@@ -177,11 +177,13 @@ std::string_view get_text(const PGresult *r, int row, int col) {
     return {PQgetvalue(r, row, col), static_cast<std::size_t>(PQgetlength(r, row, col))};
 }
 
-// A text-format integer field.
+// A text-format integer field; Error if the server sent something else.
 std::int64_t text_int(const PGresult *r, int row, int col) {
     const std::string_view t = get_text(r, row, col);
     std::int64_t v = 0;
-    std::from_chars(t.data(), t.data() + t.size(), v);
+    const auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (ec != std::errc() || end != t.data() + t.size())
+        throw Error("PostgreSQL: expected an integer, got '" + std::string(t) + "'");
     return v;
 }
 

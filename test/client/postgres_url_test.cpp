@@ -100,6 +100,9 @@ BOOST_AUTO_TEST_CASE(libpq_url_takes_out_the_clients_parameter) {
     BOOST_TEST(pg::libpq_url("postgresql://h/db?sslmode=require") ==
                "postgresql://h/db?sslmode=require");
     BOOST_TEST(pg::libpq_url("postgresql://h/db") == "postgresql://h/db");
+    // A '?' in an unencoded password is not the query.
+    BOOST_TEST(pg::libpq_url("postgresql://u:p?w@h/db?lockext_pooling=transaction") ==
+               "postgresql://u:p?w@h/db");
     BOOST_CHECK_THROW(pg::libpq_url("postgresql://h/db?lockext_pooling=yes"), InvalidArgument);
 }
 
