@@ -38,6 +38,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -116,11 +117,41 @@ constexpr const char *kHoldersSql =
     "LEFT JOIN (SELECT name, count(*)::int AS n FROM lockext.waiters GROUP BY name) w "
     "ON w.name = h.name ORDER BY h.name, h.token";
 
-// Prepare the backend's statements on a new connection (direct connections only).
+// Prepare the backend's statements on a new connection (direct connections
+// only) in one round trip: in libpq's pipeline mode the Parse messages and
+// one Sync go out together, so a wait that opens a connection joins the
+// server's queue one round trip after connecting, not six.
 void prepare_statements(PGconn *conn) {
+    if (PQenterPipelineMode(conn) != 1)
+        throw pg_failure(conn, nullptr);
     for (const Statement *st : kStatements)
-        pg_checked(conn, PQprepare(conn, st->name, st->sql, st->params, st->types),
-                   PGRES_COMMAND_OK);
+        if (PQsendPrepare(conn, st->name, st->sql, st->params, st->types) != 1)
+            throw pg_failure(conn, nullptr);
+    if (PQpipelineSync(conn) != 1)
+        throw pg_failure(conn, nullptr);
+    // Each statement's result, then the null that ends it; after a failure
+    // the rest come back aborted. The first failure is the one to report.
+    std::optional<PgFailure> failed;
+    for (std::size_t i = 0; i < std::size(kStatements); ++i) {
+        PgResult r(PQgetResult(conn));
+        if (!r) {
+            failed = pg_failure(conn, nullptr);
+            break;
+        }
+        if (PQresultStatus(r.get()) != PGRES_COMMAND_OK && !failed)
+            failed = pg_failure(conn, r.get());
+        PgResult end(PQgetResult(conn));
+    }
+    if (!failed) {
+        PgResult sync(PQgetResult(conn));
+        if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC)
+            failed = pg_failure(conn, sync.get());
+    }
+    // A failed connection is discarded by the caller, pipeline and all.
+    if (failed)
+        throw *failed;
+    if (PQexitPipelineMode(conn) != 1)
+        throw pg_failure(conn, nullptr);
 }
 
 // Network byte order, for binary parameters.
