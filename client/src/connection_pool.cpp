@@ -395,7 +395,7 @@ namespace {
     if (lost)
         throw BackendUnavailable("PostgreSQL connection lost: " + message);
     if (state == "22023" || state == "22004" || state == "42622" || state == "55000" ||
-        state == "55P03" || state == "22008")
+        state == "55P03" || state == "22008" || state == "22021")
         throw InvalidArgument(message);
     if (state == "42501")
         throw InvalidArgument("permission denied: " + message);

@@ -14,6 +14,8 @@
 //
 // Errors (SQLSTATE → what the caller sees):
 //   22023, 22004, 42622, 55000, 55P03, 22008  InvalidArgument (the server's message)
+//   22021 (a name or owner that is not valid   InvalidArgument
+//   text in the database's encoding)
 //   42501 insufficient_privilege              InvalidArgument "permission denied: …"
 //                                             (force_release without EXECUTE; renewing
 //                                             another role's lock). It is a setup

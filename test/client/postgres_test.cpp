@@ -318,6 +318,22 @@ BOOST_AUTO_TEST_CASE(names_owners_and_ttls_round_trip_exactly) {
     BOOST_CHECK(holder.release());
 }
 
+// A name or owner that is not valid UTF-8 (the test database's encoding) is
+// bad input, refused by the server: InvalidArgument, and nothing is held.
+BOOST_AUTO_TEST_CASE(names_not_in_the_database_encoding_are_invalid_argument) {
+    auto manager = lockext::connect(test_url());
+    const std::string name = fresh_name("bad-utf8") + "\xff\xfe";
+    BOOST_CHECK_THROW(manager->try_acquire(name, opts(5s)), lockext::InvalidArgument);
+    lockext::LockOptions bad_owner = opts(5s);
+    bad_owner.owner = "owner-\xc3";
+    BOOST_CHECK_THROW(manager->try_acquire(fresh_name("bad-owner"), bad_owner),
+                      lockext::InvalidArgument);
+    BOOST_CHECK_EQUAL(sql("SELECT count(*) FROM lockext.holders WHERE name LIKE "
+                          "'lockext-test:pg-bad-%'")[0][0]
+                          .as<int>(),
+                      0);
+}
+
 // A lease belongs to no connection: killing every connection of the client
 // leaves it held, and it renews (same token) once the pool reconnects.
 BOOST_AUTO_TEST_CASE(lease_survives_killed_connections) {
