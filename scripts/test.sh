@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every test: pg_regress and isolation specs against a private server,
+# Run every test: the lock table's unit tests, pg_regress and isolation
+# specs against a private server,
 # the TAP crash tests, the 16-client lock stress run, the queue stress run,
 # the C++ client's tests (plain, ThreadSanitizer, AddressSanitizer;
 # in-memory, PostgreSQL, Redis and Redlock backends), and lockctl's end-to-end tests.
@@ -42,13 +43,27 @@ regress_and_isolation() {
     return 1
 }
 
-ensure_packages
+# The lock table's algorithms alone (test/core), under AddressSanitizer and UBSan.
+lock_table_unit() {
+    local bin
+    bin=$(mktemp /tmp/lockext-lock-table-test.XXXXXX)
+    g++ -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+        -I"$LOCKEXT_ROOT/include" "$LOCKEXT_ROOT/src/lock_table.cpp" \
+        "$LOCKEXT_ROOT/test/core/lock_table_test.cpp" -o "$bin" &&
+        "$bin" --log_level=test_suite
+    local rc=$?
+    rm -f "$bin"
+    return $rc
+}
+
+ensure_packages libboost-test-dev
 build_and_install
 # The client suite leaves its optimised lockext build here for the lockctl
 # suite, which then need not build lockctl again.
 LOCKEXT_LOCKCTL_DIR=$(mktemp -d /tmp/lockext-lockctl-bin.XXXXXX)
 export LOCKEXT_LOCKCTL_DIR
 trap 'rm -rf "$LOCKEXT_LOCKCTL_DIR"' EXIT
+suite "lock table unit tests (ASan, UBSan)" lock_table_unit
 suite "pg_regress + isolation" regress_and_isolation
 suite "TAP (crash, restart, not preloaded)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
 suite "stress (16 clients)" bash "$LOCKEXT_ROOT/scripts/run_stress.sh"

@@ -58,28 +58,35 @@ Key key_arg(FunctionCallInfo fcinfo, int n) {
 
 // Microseconds in an interval; months count as 30 days, as in SQL's
 // interval comparison.
-bool interval_us(const Interval *iv, std::int64_t *out) {
-    std::int64_t days_us, months_us, sum;
-    if (pg_mul_s64_overflow(static_cast<std::int64_t>(iv->day), USECS_PER_DAY, &days_us) ||
-        pg_mul_s64_overflow(static_cast<std::int64_t>(iv->month), DAYS_PER_MONTH * USECS_PER_DAY,
-                            &months_us) ||
-        pg_add_s64_overflow(iv->time, days_us, &sum) || pg_add_s64_overflow(sum, months_us, &sum))
-        return false;
-    *out = sum;
-    return true;
+// Saturates at the int64 range, keeping the sign: a huge negative interval
+// must still read as negative.
+std::int64_t interval_us(const Interval *iv) {
+    // Exact in 128 bits: |month| * 30 days of µs is below 2^73.
+    const __int128 sum = static_cast<__int128>(iv->time) +
+                         static_cast<__int128>(iv->day) * USECS_PER_DAY +
+                         static_cast<__int128>(iv->month) * DAYS_PER_MONTH * USECS_PER_DAY;
+    if (sum > INT64_MAX)
+        return INT64_MAX;
+    if (sum < INT64_MIN)
+        return INT64_MIN;
+    return static_cast<std::int64_t>(sum);
+}
+
+// lockext.max_ttl in microseconds.
+std::int64_t max_ttl_us() {
+    return static_cast<std::int64_t>(lockext_max_ttl_s) * USECS_PER_SEC;
 }
 
 // A TTL argument in microseconds: > 0 and <= lockext.max_ttl; -1 when NULL.
 std::int64_t ttl_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_ARGISNULL(n))
         return -1;
-    std::int64_t us;
-    const std::int64_t max_us = static_cast<std::int64_t>(lockext_max_ttl_s) * USECS_PER_SEC;
-    if (!interval_us(PG_GETARG_INTERVAL_P(n), &us) || us > max_us)
-        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                        errmsg("ttl must not exceed lockext.max_ttl (%d s)", lockext_max_ttl_s)));
+    const std::int64_t us = interval_us(PG_GETARG_INTERVAL_P(n));
     if (us <= 0)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("ttl must be positive")));
+    if (us > max_ttl_us())
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("ttl must not exceed lockext.max_ttl (%d s)", lockext_max_ttl_s)));
     return us;
 }
 
@@ -87,9 +94,7 @@ std::int64_t ttl_arg(FunctionCallInfo fcinfo, int n) {
 std::int64_t wait_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_ARGISNULL(n))
         return -1;
-    std::int64_t us;
-    if (!interval_us(PG_GETARG_INTERVAL_P(n), &us))
-        us = INT64_MAX;  // beyond any deadline
+    const std::int64_t us = interval_us(PG_GETARG_INTERVAL_P(n));  // INT64_MAX: beyond any deadline
     if (us < 0)
         ereport(ERROR,
                 (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("wait must not be negative")));
@@ -161,6 +166,8 @@ void client_addr(char *out, std::size_t size) {
                 pg_getnameinfo_all(&addr->addr, addr->salen, addr_text, sizeof(addr_text), nullptr,
                                    0, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
                 addr_text[0] = '\0';
+            // As pg_stat_activity does: drop an IPv6 zone ("%eth0"), which inet rejects.
+            clean_ipv6_addr(family, addr_text);
         }
         cached = true;
     }
@@ -354,8 +361,8 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     Result r;
     for (;;) {
         LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
-        r = lockext_shared->table->renew(key, token, ttl_us, GetCurrentTimestamp(), GetUserId(),
-                                         privileged, lockext_wake_waiter, nullptr);
+        r = lockext_shared->table->renew(key, token, ttl_us, max_ttl_us(), GetCurrentTimestamp(),
+                                         GetUserId(), privileged, lockext_wake_waiter, nullptr);
         LWLockRelease(lockext_shared->table_lock);
         if (r.outcome != Outcome::not_permitted)
             break;

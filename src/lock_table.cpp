@@ -83,6 +83,7 @@ LockTable *LockTable::create(void *mem, std::int32_t capacity, std::int32_t nwai
     t->nbuckets_ = pow2_at_least(static_cast<std::int64_t>(t->nentries_) * 2);
     t->last_token = 0;
     t->grace_until = 0;
+    t->pinned_entry_ = -1;
     for (std::int32_t i = 0; i < t->nbuckets_; i++)
         t->buckets()[i] = -1;
     for (std::int32_t i = 0; i < t->nentries_; i++)
@@ -304,6 +305,7 @@ void LockTable::dequeue(std::int32_t w) noexcept {
 bool LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *ctx) noexcept {
     Entry &en = entries()[e];
     bool granted = false;
+    bool moved = false;  // the head changed: a grant, or a failure
     while (en.queue_head >= 0) {
         const std::int32_t w = en.queue_head;
         Waiter &wa = waiters()[w];
@@ -313,6 +315,7 @@ bool LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *
         if (h < 0 && reap_all_but(e, now) > 0)
             h = grant(e, wa.req, now);
         dequeue(w);
+        moved = true;
         if (h < 0) {
             // Its turn came but the table is full: fail it rather than let it
             // sleep with nobody bound to wake it when a slot frees elsewhere.
@@ -327,7 +330,7 @@ bool LockTable::grant_waiters(std::int32_t e, Timestamp now, WakeFn wake, void *
         wake(w, ctx);
         granted = true;
     }
-    if (granted && en.queue_head >= 0)
+    if (moved && en.queue_head >= 0)
         wake(en.queue_head, ctx);
     return granted;
 }
@@ -387,8 +390,14 @@ Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, boo
     }
     if (en.queue_head < 0 && grantable(en, req, now)) {
         std::int32_t h = grant(e, req, now);
-        if (h < 0 && reap_all(now, wake, ctx) > 0)
-            h = grant(e, req, now);
+        if (h < 0) {
+            // e may have no holders or waiters yet: pinned, so that the
+            // waiters reap_all grants elsewhere cannot free it under us.
+            pinned_entry_ = e;
+            if (reap_all(now, wake, ctx) > 0)
+                h = grant(e, req, now);
+            pinned_entry_ = -1;
+        }
         if (h < 0) {
             free_entry_if_unused(e);
             r.outcome = Outcome::capacity_full;
@@ -449,6 +458,13 @@ Result LockTable::poll(std::int32_t waiter, Timestamp now, Timestamp deadline, T
         grant_waiters(e, now, wake, ctx);
         if (wa.state != WaitState::waiting)
             free_entry_if_unused(e);
+        if (wa.state == WaitState::failed) {
+            // Its turn came in this very poll, with no slot to take.
+            wa.state = WaitState::idle;
+            wa.entry = -1;
+            r.outcome = Outcome::capacity_full;
+            return r;
+        }
     }
     if (wa.state == WaitState::granted) {
         wa.state = WaitState::idle;
@@ -480,9 +496,12 @@ void LockTable::abandon(std::int32_t waiter, Timestamp now, WakeFn wake, void *c
         const std::int32_t e = wa.entry;
         const bool was_head = entries()[e].queue_head == waiter;
         dequeue(waiter);
-        // The head may have blocked compatible requests behind it.
-        if (was_head)
-            grant_waiters(e, now, wake, ctx);
+        // The head may have blocked compatible requests behind it. The new
+        // head looks again even when nothing is granted: it may be sleeping
+        // on a wake-up time computed before a renewal shortened a lease,
+        // since a renewal signals only the head of the moment.
+        if (was_head && !grant_waiters(e, now, wake, ctx) && entries()[e].queue_head >= 0)
+            wake(entries()[e].queue_head, ctx);
         free_entry_if_unused(e);
     } else if (wa.state == WaitState::granted) {
         // The grant was made for us but never returned: undo it.
@@ -526,10 +545,11 @@ std::int32_t LockTable::held_by(const Key &key, std::int64_t token, Timestamp no
     return h;
 }
 
-// Extend a live lease; ttl_us < 0 keeps the granted TTL.
-Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
-                        std::uint32_t caller_role, bool privileged, WakeFn wake,
-                        void *ctx) noexcept {
+// Extend a live lease; ttl_us < 0 keeps the granted TTL, capped at max_ttl_us
+// (the limit may have been lowered since the grant).
+Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
+                        std::int64_t max_ttl_us, Timestamp now, std::uint32_t caller_role,
+                        bool privileged, WakeFn wake, void *ctx) noexcept {
     Result r{};
     std::int32_t e;
     const std::int32_t h = held_by(key, token, now, caller_role, privileged, &e, &r);
@@ -538,6 +558,8 @@ Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
     Holder &ho = holders()[h];
     if (ttl_us >= 0)
         ho.req.ttl_us = ttl_us;
+    else if (ho.req.ttl_us > max_ttl_us)
+        ho.req.ttl_us = max_ttl_us;
     ho.expires_at = expiry(now, ho.req.ttl_us);
     ho.renewed_at = now;
     stats_.renewed++;
@@ -612,7 +634,7 @@ std::int32_t LockTable::release_backend(std::int32_t pid, bool session, bool tra
 std::int32_t LockTable::reap_all_but(std::int32_t skip, Timestamp now) noexcept {
     std::int32_t n = 0;
     for (std::int32_t e = 0; e < nentries_; e++) {
-        if (e == skip || !entries()[e].in_use || entries()[e].nwaiters > 0)
+        if (e == skip || e == pinned_entry_ || !entries()[e].in_use || entries()[e].nwaiters > 0)
             continue;
         n += reap_entry(e, now);
         free_entry_if_unused(e);

@@ -163,9 +163,10 @@ class LockTable {
     // Whether `waiter` is queued or holds an unconsumed grant.
     bool is_waiting(std::int32_t waiter) const noexcept;
 
-    // Extend a live lease; ttl_us < 0 keeps the granted TTL.
-    Result renew(const Key &key, std::int64_t token, std::int64_t ttl_us, Timestamp now,
-                 std::uint32_t caller_role, bool privileged, WakeFn wake, void *ctx) noexcept;
+    // Extend a live lease; ttl_us < 0 keeps the granted TTL, capped at max_ttl_us.
+    Result renew(const Key &key, std::int64_t token, std::int64_t ttl_us, std::int64_t max_ttl_us,
+                 Timestamp now, std::uint32_t caller_role, bool privileged, WakeFn wake,
+                 void *ctx) noexcept;
     // Release a live lease and hand the lock to the next waiters.
     Result release(const Key &key, std::int64_t token, Timestamp now, std::uint32_t caller_role,
                    bool privileged, WakeFn wake, void *ctx) noexcept;
@@ -241,6 +242,9 @@ class LockTable {
     std::int32_t free_entries_;
     std::int32_t free_holders_;
     std::int32_t holders_used_;
+    // An entry acquire() is filling, which reap_all_but() must not free even
+    // though it has no holders or waiters yet; -1 when none.
+    std::int32_t pinned_entry_;
     Stats stats_;
 };
 

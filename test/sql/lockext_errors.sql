@@ -17,18 +17,22 @@ SELECT try($$SELECT lockext.acquire('')$$);
 SELECT try($$SELECT lockext.acquire(repeat('n', 129))$$);
 SELECT try($$SELECT lockext.renew(NULL, 1)$$);
 SELECT try($$SELECT lockext.release('', 1)$$);
+SELECT try($$SELECT lockext.force_release(NULL)$$);
 
 -- TTL.
 SELECT try($$SELECT lockext.acquire('x', '0 s')$$);
 SELECT try($$SELECT lockext.acquire('x', '-1 s')$$);
 SELECT try($$SELECT lockext.acquire('x', '2 days')$$);
 SELECT try($$SELECT lockext.acquire('x', '1000000 years')$$);
+-- So negative that it overflows 64-bit microseconds: still negative.
+SELECT try($$SELECT lockext.acquire('x', '-100000000 years')$$);
 SELECT try($$SELECT lockext.acquire('x', NULL)$$);
 SELECT try($$SELECT lockext.renew('x', 1, '0 s')$$);
 SELECT try($$SELECT lockext.renew('x', 1, '2 days')$$);
 
 -- Wait.
 SELECT try($$SELECT lockext.acquire('x', wait => '-1 ms')$$);
+SELECT try($$SELECT lockext.acquire('x', wait => '-100000000 years')$$);
 
 -- Mode, scope, max_holders.
 SELECT try($$SELECT lockext.acquire('x', mode => 'exclusve')$$);
