@@ -189,8 +189,10 @@ std::chrono::system_clock::time_point LockState::renew(
             notice = mark_lost();
         }
         op.unlock();
+        // Built first: an on_lost callback may destroy the Lock, and this state with it.
+        LockLost lost("lease on '" + lease.name + "' is no longer held");
         deliver(std::move(notice));
-        throw LockLost("lease on '" + lease.name + "' is no longer held");
+        throw lost;
     }
     {
         MutexLock lock(mu);

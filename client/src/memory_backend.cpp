@@ -342,8 +342,12 @@ class MemoryBackend final : public Backend {
                 const bool was_head = e.head == &w;
                 dequeue(e, w);
                 // A head that blocked compatible requests behind it is gone.
-                if (was_head)
-                    grant_waiters(e, now);
+                // The new head looks again even when nothing is granted: it
+                // may be sleeping on a wake-up time computed before a
+                // renewal shortened a lease (a renewal wakes only the head
+                // of the moment).
+                if (was_head && !grant_waiters(e, now) && e.head != nullptr)
+                    e.head->cv.notify_one();
                 release_entry_if_unused(shard, e);
                 return std::nullopt;
             }
@@ -531,7 +535,8 @@ class MemoryBackend final : public Backend {
     }
 
     // Grant from the head while the head is admitted; wake who got it.
-    static void grant_waiters(Entry &e, Steady::time_point now) {
+    // Returns whether anything was granted.
+    static bool grant_waiters(Entry &e, Steady::time_point now) {
         bool granted = false;
         while (e.head != nullptr && grantable(e, e.head->mode, now)) {
             Waiter &w = *e.head;
@@ -547,6 +552,7 @@ class MemoryBackend final : public Backend {
         // The holders changed: the new head must recompute when to look again.
         if (granted && e.head != nullptr)
             e.head->cv.notify_one();
+        return granted;
     }
 
     // The earliest expiry among live holders (max when none).

@@ -41,6 +41,7 @@
 #include <chrono>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -188,6 +189,17 @@ struct Int4Param {
 struct IntervalParam {
     char bytes[16]{};
     // Encode d as microseconds alone (0 days, 0 months: exact, no calendar).
+    // Beyond 64-bit microseconds it saturates instead of wrapping, so the
+    // server sees a TTL too long for lockext.max_ttl (InvalidArgument), never
+    // a small one that would end the lease while the client counts on it.
+    explicit IntervalParam(milliseconds d) {
+        constexpr std::int64_t kMaxMs = std::numeric_limits<std::int64_t>::max() / 1000;
+        const std::int64_t us = d.count() > kMaxMs    ? std::numeric_limits<std::int64_t>::max()
+                                : d.count() < -kMaxMs ? std::numeric_limits<std::int64_t>::min()
+                                                      : d.count() * 1000;
+        put_be64(bytes, static_cast<std::uint64_t>(us));
+    }
+    // Encode d exactly.
     explicit IntervalParam(microseconds d) {
         put_be64(bytes, static_cast<std::uint64_t>(d.count()));
     }
@@ -313,7 +325,7 @@ class PostgresBackend final : public Backend {
     // lockext.renew; the server's new expiry, or empty when no longer held.
     std::optional<system_clock::time_point> renew(const Lease &lease, milliseconds ttl) override {
         const Int8Param token(lease.token);
-        const IntervalParam ttl_param{microseconds(ttl)};
+        const IntervalParam ttl_param{ttl};
         const char *values[] = {lease.name.data(), token.bytes, ttl_param.bytes};
         const int lengths[] = {static_cast<int>(lease.name.size()), 8, 16};
         PgResult r = call(true, [&](PGconn *conn) {
@@ -383,7 +395,7 @@ class PostgresBackend final : public Backend {
                                     std::optional<std::int64_t> wait_us) {
         const bool is_try = wait_us && *wait_us == 0;
         const std::string &owner = options.owner.empty() ? default_owner() : options.owner;
-        const IntervalParam ttl{microseconds(options.ttl)};
+        const IntervalParam ttl{options.ttl};
         const Int4Param max_holders(options.max_holders);
         const std::string_view mode = mode_text(options.mode);
         const IntervalParam wait{microseconds(wait_us.value_or(0))};

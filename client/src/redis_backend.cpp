@@ -35,6 +35,19 @@ system_clock::time_point from_epoch_ms(std::int64_t ms) {
         std::chrono::duration_cast<system_clock::duration>(milliseconds(ms)));
 }
 
+// The longest TTL the scripts can store: a node's time plus it (and the
+// counter's minute) must stay an exact Lua number, below 2^53 ms, and a
+// system_clock time point; 100 years keeps both with room to spare.
+constexpr milliseconds kMaxTtl = std::chrono::hours(24 * 365 * 100);
+
+// Refuse a TTL the scripts cannot store (it would wrap, and the key vanish).
+void check_ttl(milliseconds ttl) {
+    if (ttl > kMaxTtl)
+        throw InvalidArgument("ttl of " + std::to_string(ttl.count()) +
+                              " ms is longer than the redis backend supports (100 years, " +
+                              std::to_string(kMaxTtl.count()) + " ms)");
+}
+
 // The integer element i of an array reply, or throw.
 std::int64_t integer_at(const std::string &label, const redisReply &reply, std::size_t i) {
     if (reply.type != REDIS_REPLY_ARRAY || reply.elements <= i ||
@@ -114,11 +127,13 @@ std::string_view RedisBackend::kind() const noexcept {
 
 // One node: FIFO; several: quorum.
 std::optional<Lease> RedisBackend::acquire(std::string_view name, const LockOptions &options) {
+    check_ttl(options.ttl);
     return redlock_ ? acquire_quorum(name, options) : acquire_one(name, options);
 }
 
 // Extend on one node or a quorum.
 std::optional<system_clock::time_point> RedisBackend::renew(const Lease &lease, milliseconds ttl) {
+    check_ttl(ttl);
     return redlock_ ? renew_quorum(lease, ttl) : renew_one(lease, ttl);
 }
 

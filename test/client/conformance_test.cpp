@@ -243,6 +243,62 @@ BOOST_AUTO_TEST_CASE(lost_lease_is_reported) {
     BOOST_TEST(taker.is_held());
 }
 
+// An on_lost callback may destroy the Lock it watches, even while the
+// renew() that found the loss is still running; renew() still reports the
+// loss with the lock's name (the state must not be read after the callback).
+BOOST_AUTO_TEST_CASE(on_lost_may_destroy_the_lock_during_renew) {
+    auto locks = manager();
+    auto other = manager();
+    const std::string name = unique_name("destroyed-by-callback-with-a-long-name");
+    std::optional<Lock> holder = locks->acquire(name, {.ttl = 300ms, .auto_renew = false});
+    Lock &lock = *holder;
+    holder->on_lost([&] { holder.reset(); });
+    Lock taker = other->acquire(name, {.ttl = 10s, .wait = 5s});
+    try {
+        lock.renew();
+        BOOST_FAIL("renew() of a lost lease did not throw");
+    } catch (const LockLost &e) {
+        BOOST_TEST(std::string(e.what()).find(name) != std::string::npos, e.what());
+    }
+    BOOST_TEST(!holder.has_value());
+    BOOST_TEST(taker.is_held());
+}
+
+// A TTL too long for the backend is refused with InvalidArgument; a backend
+// that accepts it keeps the lease that long. Never a TTL that wraps into a
+// short one (the client would count on a lease the backend dropped).
+BOOST_AUTO_TEST_CASE(huge_ttls_are_refused_or_kept) {
+    auto locks = manager();
+    auto other = manager();
+    const std::string name = unique_name("huge-ttl");
+    for (const std::chrono::milliseconds ttl :
+         {std::chrono::milliseconds::max(), std::chrono::milliseconds(18446744073709552LL),
+          std::chrono::milliseconds(std::chrono::hours(24 * 365 * 300))}) {
+        BOOST_TEST_CONTEXT("ttl " << ttl.count() << " ms") {
+            std::optional<Lock> lock;
+            try {
+                lock = locks->try_acquire(name, {.ttl = ttl, .auto_renew = false});
+            } catch (const InvalidArgument &) {
+                continue;  // refused, and nothing taken: checked below
+            }
+            BOOST_REQUIRE(lock.has_value());
+            std::this_thread::sleep_for(50ms);
+            BOOST_TEST(!other->try_acquire(name, {.ttl = 10s}).has_value());
+            BOOST_TEST(lock->is_held());
+            BOOST_TEST((lock->expires_at() > std::chrono::system_clock::now() + 24h));
+            BOOST_TEST(lock->release());
+        }
+    }
+    Lock lock = locks->acquire(name, {.ttl = 10s, .auto_renew = false});  // nothing was left held
+    try {
+        lock.renew(std::chrono::milliseconds::max());
+        BOOST_TEST((lock.expires_at() > std::chrono::system_clock::now() + 24h));
+    } catch (const InvalidArgument &) {
+    }
+    BOOST_TEST(lock.is_held());
+    BOOST_TEST(!other->try_acquire(name, {.ttl = 10s}).has_value());
+}
+
 // Shared holders coexist and exclude an exclusive one; a queued exclusive
 // request is not overtaken by later shared ones.
 BOOST_AUTO_TEST_CASE(shared_mode) {
@@ -304,6 +360,44 @@ BOOST_AUTO_TEST_CASE(timed_out_head_lets_compatible_waiters_in,
     BOOST_TEST(waited < 2000);  // but right after, while the first reader still holds
     BOOST_TEST(first_reader.is_held());
     BOOST_TEST(second_reader.is_held());
+}
+
+// When the head of the queue gives up, the waiter behind it looks again:
+// it may be sleeping until an expiry that a renewal has since brought
+// forward (a renewal wakes only the head of the moment).
+BOOST_AUTO_TEST_CASE(the_next_waiter_sees_a_shortened_lease_after_the_head_gives_up,
+                     *boost::unit_test::precondition(FifoBackend{})) {
+    auto holder_client = manager();
+    auto head_client = manager();
+    auto next_client = manager();
+    const std::string name = unique_name("head-gives-up");
+    const auto start = Clock::now();
+    Lock holder = holder_client->acquire(name, {.ttl = 8s, .auto_renew = false});
+    std::atomic<bool> head_refused{false};
+    std::thread head([&] {
+        try {
+            head_client->acquire(name, {.ttl = 10s, .wait = 500ms});
+        } catch (const NotObtained &) {
+            head_refused = true;
+        }
+    });
+    std::this_thread::sleep_for(150ms);  // the head is queued first
+    std::atomic<long long> got_at{-1};
+    std::thread next([&] {
+        try {
+            Lock l = next_client->acquire(name, {.ttl = 10s, .wait = 15s});
+            got_at = ms_since(start);
+        } catch (const Error &) {
+        }
+    });
+    std::this_thread::sleep_for(150ms);  // queued behind the head, asleep until 8 s
+    holder.renew(700ms);                 // now ends about 1 s after start
+    head.join();
+    next.join();
+    BOOST_TEST(head_refused.load());
+    BOOST_TEST(got_at.load() >= 900);
+    BOOST_TEST(got_at.load() < 4000,
+               "the next waiter slept until the old expiry: " << got_at.load() << " ms");
 }
 
 // Readers and writers hammering one name: a writer is always alone, readers
