@@ -192,7 +192,12 @@ BEGIN
     IF EXISTS (SELECT 1 FROM @extschema@.queues q WHERE q.queue = create_queue.queue) THEN
         RAISE EXCEPTION 'queue "%" already exists', queue USING ERRCODE = '42710';
     END IF;
-    INSERT INTO @extschema@.queues VALUES (queue, partitions);
+    BEGIN
+        INSERT INTO @extschema@.queues VALUES (queue, partitions);
+    EXCEPTION WHEN unique_violation THEN
+        -- Created by a concurrent create_queue since the check above.
+        RAISE EXCEPTION 'queue "%" already exists', queue USING ERRCODE = '42710';
+    END;
     parent := format('@extschema@.%I', 'queue_' || queue);
     EXECUTE format('CREATE TABLE %s PARTITION OF @extschema@.jobs FOR VALUES IN (%L) PARTITION BY HASH (key)',
                    parent, queue);
@@ -215,7 +220,12 @@ CREATE FUNCTION @extschema@.drop_queue(queue text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM @extschema@._require_queue(queue);
-    EXECUTE format('DROP TABLE @extschema@.%I', 'queue_' || queue);
+    BEGIN
+        EXECUTE format('DROP TABLE @extschema@.%I', 'queue_' || queue);
+    EXCEPTION WHEN undefined_table THEN
+        -- Dropped by a concurrent drop_queue since the check above.
+        RAISE EXCEPTION 'queue "%" does not exist', queue USING ERRCODE = '42704';
+    END;
     DELETE FROM @extschema@.dead_jobs d WHERE d.queue = drop_queue.queue;
     DELETE FROM @extschema@.queues q WHERE q.queue = drop_queue.queue;
 END $$;
@@ -223,13 +233,6 @@ END $$;
 -- The LISTEN channel on which enqueue announces new jobs of a queue.
 CREATE FUNCTION @extschema@.queue_channel(queue text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT 'lockext_queue_' || queue $$;
-
--- NOTIFY the queue's channel once this transaction has committed, through
--- the database's notifier worker (see src/queue_notify.cpp for why).
-CREATE FUNCTION @extschema@._notify_after_commit(queue text)
-RETURNS void
-AS 'MODULE_PATHNAME', 'lockext_notify_after_commit'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- Jobs of these keys have left the jobs table: lock the keys and make each
 -- key's earliest job ready if it waits (workers are notified). In C.
@@ -319,6 +322,10 @@ BEGIN
             SELECT e.id FROM @extschema@.jobs e
              WHERE e.queue = q AND e.state = 'running' AND e.lease_expires_at <= now()
                AND e.attempt >= e.max_attempts
+             -- A bounded number per call: burying locks each job's key, and
+             -- thousands of keys in one transaction would exhaust the
+             -- server's lock table. The rest die on the next calls.
+             ORDER BY e.lease_expires_at LIMIT 100
              FOR UPDATE SKIP LOCKED)
         RETURNING j.*)
     SELECT array_agg(g) INTO dead FROM gone g;
@@ -369,7 +376,9 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 -- jitter (between half and all of it) so failed jobs do not retry in step.
 CREATE FUNCTION @extschema@.backoff(attempt int)
 RETURNS interval LANGUAGE sql VOLATILE AS $$
-    SELECT make_interval(secs => least(power(2, greatest(attempt, 1) - 1), 3600) * (0.5 + random() / 2))
+    -- The exponent stops at 12 (2^12 s is past the cap): power() of a
+    -- larger attempt count would overflow float8.
+    SELECT make_interval(secs => least(power(2, least(greatest(attempt, 1) - 1, 12)), 3600) * (0.5 + random() / 2))
 $$;
 
 -- Report a failed attempt: 'retry' (after retry_in, or backoff) or 'dead'

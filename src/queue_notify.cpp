@@ -387,12 +387,3 @@ extern "C" PGDLLEXPORT void lockext_notifier_main(Datum arg) {
         CHECK_FOR_INTERRUPTS();
     }
 }
-
-// SQL: lockext._notify_after_commit(queue) for the PL/pgSQL paths.
-static Datum notify_after_commit_impl(FunctionCallInfo fcinfo) {
-    if (!PG_ARGISNULL(0))
-        lockext_notify_after_commit(text_to_cstring(PG_GETARG_TEXT_PP(0)));
-    PG_RETURN_VOID();
-}
-
-LOCKEXT_SQL_FUNCTION(notify_after_commit)

@@ -40,6 +40,7 @@ extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "commands/sequence.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -339,6 +340,12 @@ char *queue_table(const char *queue) {
 Oid open_queue(const char *queue) {
     char *table = queue_table(queue);
     Oid nsp = get_namespace_oid(kSchema, false);
+    // lockext.jobs first, as the planner and DROP TABLE of a queue lock a
+    // parent before its partitions: a call that goes on to the SQL paths on
+    // lockext.jobs must not hold the queue's table while drop_queue holds jobs.
+    Oid jobs = get_relname_relid("jobs", nsp);
+    if (OidIsValid(jobs))
+        LockRelationOid(jobs, AccessShareLock);
     Oid relid = table == nullptr ? InvalidOid : get_relname_relid(table, nsp);
     if (OidIsValid(relid)) {
         LockRelationOid(relid, AccessShareLock);
@@ -351,6 +358,19 @@ Oid open_queue(const char *queue) {
                 (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("queue \"%s\" does not exist", queue),
                  errhint("Create it with lockext.create_queue().")));
     return relid;
+}
+
+// A new job id for a job in leaf `rem`: the next value of job_id_seq times
+// kIdStride plus rem. Raises 22003 instead of wrapping into negative ids.
+int64 next_job_id(Oid seq, int64 rem) {
+    int64 id;
+    if (pg_mul_s64_overflow(nextval_internal(seq, true), kIdStride, &id) ||
+        pg_add_s64_overflow(id, rem, &id))
+        ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+                        errmsg("lockext.job_id_seq is past the largest job id"),
+                        errhint("Job ids are its value times %d; reset it with setval().",
+                                static_cast<int>(kIdStride))));
+    return id;
 }
 
 // The name of the leaf partition holding remainder `rem` of a queue.
@@ -468,7 +488,7 @@ Datum enqueue_impl(FunctionCallInfo fcinfo) {
     if (!key_null)
         lock_keys(queue, &key, nullptr, 1);
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
-    int64 id = nextval_internal(seq, true) * kIdStride + rem;
+    int64 id = next_job_id(seq, rem);
     // The state unless the key has other jobs (then 'waiting', decided by the insert).
     const char *state = run_at > now ? "delayed" : "ready";
     Datum args[8] = {qtext,
@@ -975,7 +995,7 @@ Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
     Datum waiting = CStringGetTextDatum("waiting"), delayed = CStringGetTextDatum("delayed"),
           ready = CStringGetTextDatum("ready");
     for (int i = 0; i < n; i++) {
-        ids[i] = Int64GetDatum(nextval_internal(seq, true) * kIdStride + rems[i]);
+        ids[i] = Int64GetDatum(next_job_id(seq, rems[i]));
         TimestampTz run_at = run_ats.has(i) ? DatumGetTimestampTz(run_ats.values[i]) : now;
         when[i] = TimestampTzGetDatum(run_at);
         prio[i] = priorities.has(i) ? priorities.values[i] : Int32GetDatum(0);
@@ -1020,7 +1040,7 @@ Datum job_id_impl(FunctionCallInfo fcinfo) {
     bool key_null = PG_ARGISNULL(1);
     int64 rem = remainder_of(relid, key_null ? (Datum)0 : PG_GETARG_DATUM(1), key_null);
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
-    PG_RETURN_INT64(nextval_internal(seq, true) * kIdStride + rem);
+    PG_RETURN_INT64(next_job_id(seq, rem));
 }
 
 }  // namespace

@@ -238,6 +238,25 @@ SELECT key, count(*) AS jobs FROM lockext.queue_orders GROUP BY key;
 DELETE FROM lockext.queue_orders;
 DROP TABLE drains;
 
+-- Retrying forever: backoff stays capped however many attempts a job has
+-- had (2^attempt overflowed float8 past 1024), and fail still retries.
+SELECT lockext.backoff(1100) <= interval '1 hour' AS capped,
+       lockext.backoff(2147483647) >= interval '30 minutes' AS still_long;
+SELECT lockext.enqueue('orders', '{"n": "forever"}', max_attempts => 5000) AS fid \gset
+UPDATE lockext.queue_orders SET attempt = 1100 WHERE id = :fid;
+SELECT token AS ftok FROM lockext.dequeue('orders') \gset
+SELECT lockext.fail('orders', :fid, :ftok, 'again') AS after_1101_attempts;
+DELETE FROM lockext.queue_orders WHERE id = :fid;
+
+-- Job ids never wrap into negative numbers: a sequence set past the
+-- largest id is a clear 22003, and nothing is enqueued.
+SELECT last_value AS idseq FROM lockext.job_id_seq \gset
+SELECT setval('lockext.job_id_seq', 9007199254740991);
+SELECT qtry($$SELECT lockext.enqueue('orders', '{}', 'k')$$);
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}'::jsonb])$$);
+SELECT setval('lockext.job_id_seq', :idseq);
+SELECT count(*) AS nothing_enqueued FROM lockext.queue_orders;
+
 SELECT lockext.drop_queue('orders');
 SELECT count(*) AS queues FROM lockext.queues;
 SELECT to_regclass('lockext.queue_orders') AS gone;
