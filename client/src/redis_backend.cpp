@@ -283,8 +283,11 @@ RedisReply RedisBackend::eval_one(ScriptId script, RedisCommand &command, bool i
             // A pooled connection that died while idle passes the health
             // check only in a narrow race; an idempotent call goes once more
             // on a fresh connection. Others are not repeated: the node may
-            // have run the script before the connection broke.
-            if (!(idempotent && handle.reused() && handle->broken() && attempt == 0))
+            // have run the script before the connection broke. Nor is a
+            // timeout: the node is alive and may have run it (a release
+            // sent again would report a lease it just released as not held).
+            if (!(idempotent && handle.reused() && handle->broken() && !handle->timed_out() &&
+                  attempt == 0))
                 throw;
         }
     }

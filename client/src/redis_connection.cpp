@@ -220,8 +220,10 @@ int RedisConnection::fd() const noexcept {
 void RedisConnection::fail(std::string_view doing) {
     broken_ = true;
     std::string why = context_->err != 0 ? context_->errstr : "connection lost";
-    if (why == std::strerror(EAGAIN) || why == std::strerror(EWOULDBLOCK))
+    if (why == std::strerror(EAGAIN) || why == std::strerror(EWOULDBLOCK)) {
+        timed_out_ = true;
         why = "no reply within " + std::to_string(timeout_.count()) + " ms (timeout)";
+    }
     throw BackendUnavailable("redis node " + label_ + ": " + why + " while " + std::string(doing));
 }
 

@@ -116,6 +116,11 @@ class RedisConnection {
     bool broken() const noexcept {
         return broken_;
     }
+    // Whether it broke because no reply came within the timeout: the node
+    // may still be running the command, so it must not be sent again.
+    bool timed_out() const noexcept {
+        return timed_out_;
+    }
     // "host:port" of the node.
     const std::string &label() const noexcept {
         return label_;
@@ -131,6 +136,7 @@ class RedisConnection {
     std::chrono::milliseconds timeout_;
     std::string out_;  // RESP encoding buffer, reused
     bool broken_ = false;
+    bool timed_out_ = false;
 };
 
 // Map an error reply from node label to the error it means: NOSCRIPT is not

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cctype>
 #include <set>
 
 #include "lockext/lockext.hpp"
@@ -150,7 +151,11 @@ RedisConfig parse_redis_url(std::string_view url) {
     std::string_view rest = url.substr(sep + 3);
 
     std::string_view query;
-    if (const auto q = rest.find('?'); q != std::string_view::npos) {
+    // The query starts at the first '?' after the userinfo: a password may
+    // hold an unencoded '?', which must not be shown as a host or parameter.
+    const auto userinfo_end = rest.rfind('@');
+    if (const auto q = rest.find('?', userinfo_end == std::string_view::npos ? 0 : userinfo_end);
+        q != std::string_view::npos) {
         query = rest.substr(q + 1);
         rest = rest.substr(0, q);
     }
@@ -187,7 +192,11 @@ RedisConfig parse_redis_url(std::string_view url) {
         if (item.empty())
             throw InvalidArgument("empty entry in the host list of a " + scheme + ":// URL");
         RedisAddress address = parse_address(item, scheme);
-        if (!seen.insert(address.label()).second)
+        // Host names are case-insensitive: R1 and r1 are one node, one vote.
+        std::string folded = address.label();
+        for (char &c : folded)
+            c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (!seen.insert(folded).second)
             throw InvalidArgument("node " + address.label() + " is listed twice in a " + scheme +
                                   ":// URL; each node may count once towards a quorum");
         config.nodes.push_back(std::move(address));

@@ -415,6 +415,35 @@ BOOST_AUTO_TEST_CASE(flushed_scripts_are_sent_again) {
     }
 }
 
+// A reply that does not come within the timeout is an error, and the
+// command is not sent again: the node is alive and may run it late (a
+// release sent twice would report a lease it had just released as not held,
+// and block for twice the timeout).
+BOOST_AUTO_TEST_CASE(a_timed_out_release_is_not_sent_again) {
+    RedisServer server;
+    auto locks = connect("redis://" + server.address() + "?timeout=600ms");
+    const std::string name = unique_name("timed-out-release");
+    Lock lock = locks->acquire(name, opts(10s));
+    BOOST_TEST(lock.renew().time_since_epoch().count() > 0);  // the connection is pooled now
+    RawRedis raw(server.port());
+    BOOST_TEST(raw.command({"CLIENT", "PAUSE", "2000", "WRITE"}) == "OK");
+    const auto start = Clock::now();
+    try {
+        const bool was_held = lock.release();
+        BOOST_ERROR("release returned " << was_held << " instead of reporting the timeout");
+    } catch (const BackendUnavailable &e) {
+        BOOST_TEST(std::string(e.what()).find("timeout") != std::string::npos, e.what());
+    }
+    const long long waited = ms_since(start);
+    BOOST_TEST(waited >= 550);
+    BOOST_TEST(waited < 1100, "the release was sent twice: " << waited << " ms");
+    // The node dropped the paused command with its connection: once the
+    // pause is over, releasing again finds the lease still held.
+    std::this_thread::sleep_until(start + 2200ms);
+    BOOST_TEST(lock.release());
+    BOOST_TEST(locks->try_acquire(name, opts(1s)).has_value());
+}
+
 // Check that lock, valid on Redlock for 3000 ms less the drift allowance
 // (ttl/100 + 2 ms = 32 ms) from a moment at or after from, is held shortly
 // before that validity ends and not held after it (not the full ttl).

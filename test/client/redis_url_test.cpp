@@ -37,6 +37,8 @@ BOOST_AUTO_TEST_CASE(malformed_urls_are_invalid_argument) {
         "redlock://",                                    // empty host list
         "redlock://a:1,,b:2",                            // empty entry
         "redlock://a:1,a:1",                             // a node counted twice
+        "redlock://Node1:1,node1:1,b:2",                 // the same node, other case
+        "redis://user:s3cret?x@localhost:1?x=1",         // unencoded '?' in the password
         "redlock://[::1:1",                              // unclosed IPv6 bracket
         "redis://s3cret@localhost:1",                    // password without ':'
         "redis://:s3cret@localhost:99999",               // bad port after a password
@@ -82,6 +84,14 @@ BOOST_AUTO_TEST_CASE(unreachable_nodes_are_backend_unavailable) {
         BOOST_TEST(std::string(e.what()).find("unreachable") != std::string::npos);
     }
     BOOST_TEST(ms_since(start) < 2000);
+    // An unencoded '?' in the password is part of the password, not a query.
+    try {
+        connect("redis://user:pa?ss@" + node + "?connect_timeout=500ms");
+        BOOST_ERROR("connected to nothing");
+    } catch (const BackendUnavailable &e) {
+        BOOST_TEST(std::string(e.what()).find(node) != std::string::npos);
+        BOOST_TEST(std::string(e.what()).find("pa?ss") == std::string::npos);
+    }
     // Redlock needs a quorum reachable at connect.
     const std::string two = "127.0.0.1:" + std::to_string(free_port());
     BOOST_CHECK_THROW(connect("redlock://" + node + "," + two + ",127.0.0.1:" +
