@@ -18,7 +18,11 @@
 // none a quorum. The client whose request id is smallest among the partial
 // holders it can see keeps its grants and asks the refusing nodes again a
 // few times, a few ms apart, while the others release at once; so a try
-// under contention normally has one winner instead of none.
+// under contention normally has one winner instead of none. Grants refused
+// elsewhere by one holder on a quorum are no split: that holder holds the
+// name (a node restarted empty, or was down when it acquired), so the
+// waiter gives its grants back and waits for the release message or the
+// expiry, as when no node granted.
 //
 // Tokens: every node answers max(its counter + 1, floor), where floor is the
 // client's clock in µs (and above every token this client saw), so nodes
@@ -208,6 +212,21 @@ RedisBackend::Attempt RedisBackend::attempt_quorum(const RedisKeys &keys, std::s
     auto count = [&votes](Vote v) {
         return static_cast<std::size_t>(std::count(votes.begin(), votes.end(), v));
     };
+    // Whether one holder refused us on a quorum of nodes: it holds the name
+    // (our grants come from nodes that lost or never had its lease), so this
+    // is no split vote to settle but a lease to wait for.
+    auto held_elsewhere = [&] {
+        for (std::size_t i = 0; i < n; i++) {
+            if (votes[i] != Vote::refused || firsts[i].empty())
+                continue;
+            std::size_t same = 0;
+            for (std::size_t j = 0; j < n; j++)
+                same += votes[j] == Vote::refused && firsts[j] == firsts[i];
+            if (same >= need)
+                return true;
+        }
+        return false;
+    };
 
     const auto start_sys = system_clock::now();
     Steady::time_point start;
@@ -222,8 +241,8 @@ RedisBackend::Attempt RedisBackend::attempt_quorum(const RedisKeys &keys, std::s
             const std::size_t granted = count(Vote::granted);
             if (granted == 0 || granted >= need || hard || conflict_max >= 0)
                 break;
-            if (granted + count(Vote::refused) < need)
-                break;  // too many nodes are down for a quorum
+            if (granted + count(Vote::refused) < need || held_elsewhere())
+                break;  // too many nodes are down for a quorum, or someone holds one
             bool smallest = true;
             for (std::size_t i = 0; i < n; i++) {
                 if (votes[i] == Vote::refused &&
@@ -308,7 +327,7 @@ RedisBackend::Attempt RedisBackend::attempt_quorum(const RedisKeys &keys, std::s
                                  std::to_string(n) + " redis nodes answered; a lease in " +
                                  std::string(to_string(options.mode)) + " mode needs " +
                                  std::to_string(need) + " (" + down_reason + ")");
-    result.split = count(Vote::granted) > 0;
+    result.split = count(Vote::granted) > 0 && !held_elsewhere();
     return result;
 }
 

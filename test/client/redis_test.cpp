@@ -415,6 +415,43 @@ BOOST_AUTO_TEST_CASE(flushed_scripts_are_sent_again) {
     }
 }
 
+// A holder on a bare quorum (the third node lost its lease) is waited for
+// like any holder: the waiter's grant from the third node is no split vote,
+// so it does not poll with backoff but wakes on the release.
+BOOST_AUTO_TEST_CASE(redlock_holder_on_a_bare_quorum_is_waited_for_not_polled) {
+    ThreeNodes nodes;
+    auto holder_client = connect(nodes.url());
+    auto waiter_client = connect(nodes.url());
+    const std::string name = unique_name("bare-quorum");
+    std::optional<Lock> holder = holder_client->acquire(name, opts(10s));
+    RawRedis c(nodes.c.port());
+    BOOST_TEST(c.integer({"DEL", "lockext:{" + name + "}"}) == 1);  // c forgets the lease
+    std::atomic<long long> got_at{-1};
+    const auto start = Clock::now();
+    std::thread waiter([&] {
+        try {
+            Lock l = waiter_client->acquire(name, opts(10s, 8s));
+            got_at = ms_since(start);
+        } catch (const Error &) {
+        }
+    });
+    // Once its subscriptions are confirmed, the waiter asks nobody until
+    // the release (polling with backoff asked c again every few hundred ms).
+    std::this_thread::sleep_until(start + 700ms);
+    BOOST_TEST(c.command({"CONFIG", "RESETSTAT"}) == "OK");
+    std::this_thread::sleep_until(start + 1700ms);
+    const std::string stats = c.command({"INFO", "commandstats"});
+    BOOST_TEST(stats.find("cmdstat_evalsha:") == std::string::npos,
+               "the waiter kept asking node c: " << stats);
+    const long long released_at = ms_since(start);
+    BOOST_TEST(holder->release());
+    waiter.join();
+    BOOST_TEST(got_at.load() >= released_at);
+    BOOST_TEST(got_at.load() - released_at < 500, "the waiter got the lock "
+                                                      << got_at.load() - released_at
+                                                      << " ms after the release");
+}
+
 // A reply that does not come within the timeout is an error, and the
 // command is not sent again: the node is alive and may run it late (a
 // release sent twice would report a lease it had just released as not held,
