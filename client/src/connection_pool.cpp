@@ -344,14 +344,19 @@ void ConnectionPool::give_back(std::unique_ptr<PooledSlot> slot, Use use) noexce
             --quick_busy_;
         else
             --waits_;
-        if (slot)
-            idle_.push_back(std::move(slot));
-        if (waits_ == 0 && idle_.size() > size_) {
-            // The oldest (front) go; the most recently used stay.
-            const auto extra = static_cast<std::ptrdiff_t>(idle_.size() - size_);
-            surplus.assign(std::make_move_iterator(idle_.begin()),
-                           std::make_move_iterator(idle_.begin() + extra));
-            idle_.erase(idle_.begin(), idle_.begin() + extra);
+        try {
+            if (slot)
+                idle_.push_back(std::move(slot));
+            if (waits_ == 0 && idle_.size() > size_) {
+                // The oldest (front) go; the most recently used stay.
+                const auto extra = static_cast<std::ptrdiff_t>(idle_.size() - size_);
+                surplus.assign(std::make_move_iterator(idle_.begin()),
+                               std::make_move_iterator(idle_.begin() + extra));
+                idle_.erase(idle_.begin(), idle_.begin() + extra);
+            }
+        } catch (...) {
+            // Out of memory: a slot not kept is closed below, and a surplus
+            // not trimmed now is trimmed at a later return.
         }
     }
     if (use == Use::quick)

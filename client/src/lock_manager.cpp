@@ -131,7 +131,8 @@ std::optional<Lease> acquire_with_retries(Core &core, const LockSeries &series,
             }
             const auto pause = std::min(jittered(delay), remaining(deadline, now));
             std::this_thread::sleep_for(pause);
-            delay = std::min(delay * 2, options.retry.max);
+            // Doubled without overflow, whatever retry.max is.
+            delay = delay > options.retry.max / 2 ? options.retry.max : delay * 2;
             sent_at = Steady::now();
             if (!retry)
                 retry = std::make_unique<LockOptions>(options);

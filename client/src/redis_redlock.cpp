@@ -138,7 +138,7 @@ std::optional<Lease> RedisBackend::acquire_quorum(std::string_view name,
         if (a.split) {
             // Contention, not a holder: wait out the others' retries, not for a message.
             std::this_thread::sleep_until(std::min(deadline, t + jittered(backoff)));
-            backoff = std::min(backoff * 2, options.retry.max);
+            backoff = backoff > options.retry.max / 2 ? options.retry.max : backoff * 2;
             if (Steady::now() >= deadline)
                 return std::nullopt;
         } else {
