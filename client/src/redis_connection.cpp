@@ -2,13 +2,18 @@
 // The rules (threads, errors, reconnects) are in redis_connection.hpp.
 #include "redis_connection.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "idle_socket.hpp"
@@ -85,20 +90,78 @@ RedisConnection::~RedisConnection() {
     redisFree(context_);
 }
 
+// Look host up on a thread of its own; see the header.
+std::vector<std::string> resolve_host(const std::string &host, const std::string &label,
+                                      milliseconds timeout, AddressLookup lookup) {
+    in6_addr numeric{};
+    if (inet_pton(AF_INET, host.c_str(), &numeric) == 1 ||
+        inet_pton(AF_INET6, host.c_str(), &numeric) == 1)
+        return {host};
+    // Shared with the lookup thread, which may outlive this call.
+    struct Lookup {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false;
+        int rc = 0;
+        std::vector<std::string> addresses;
+    };
+    auto state = std::make_shared<Lookup>();
+    const AddressLookup fn = lookup != nullptr ? lookup : ::getaddrinfo;
+    std::thread([state, host, fn] {
+        addrinfo hints{};
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        addrinfo *found = nullptr;
+        const int rc = fn(host.c_str(), nullptr, &hints, &found);
+        std::vector<std::string> addresses;
+        for (addrinfo *a = rc == 0 ? found : nullptr; a != nullptr; a = a->ai_next) {
+            char text[INET6_ADDRSTRLEN];
+            if (getnameinfo(a->ai_addr, a->ai_addrlen, text, sizeof text, nullptr, 0,
+                            NI_NUMERICHOST) == 0 &&
+                std::find(addresses.begin(), addresses.end(), text) == addresses.end())
+                addresses.emplace_back(text);
+        }
+        if (found != nullptr)
+            freeaddrinfo(found);
+        std::lock_guard<std::mutex> guard(state->mu);
+        state->rc = rc;
+        state->addresses = std::move(addresses);
+        state->done = true;
+        state->cv.notify_all();
+    }).detach();
+    std::unique_lock<std::mutex> wait(state->mu);
+    if (!state->cv.wait_for(wait, timeout, [&] { return state->done; }))
+        throw BackendUnavailable("redis node " + label + " is unreachable: the name " + host +
+                                 " did not resolve within connect_timeout (" +
+                                 std::to_string(timeout.count()) + " ms)");
+    if (state->rc != 0 || state->addresses.empty())
+        throw BackendUnavailable("redis node " + label + " is unreachable: cannot resolve " + host +
+                                 ": " + (state->rc != 0 ? gai_strerror(state->rc) : "no address"));
+    return state->addresses;
+}
+
 // Connect, then AUTH / SELECT / PING in one round trip; see the header.
 std::unique_ptr<RedisConnection> RedisConnection::open(const RedisNodeSettings &settings) {
     const std::string label = settings.address.label();
-    redisContext *context = redisConnectWithTimeout(
-        settings.address.host.c_str(), settings.address.port, to_timeval(settings.connect_timeout));
-    if (context == nullptr)
-        throw BackendUnavailable("redis node " + label + ": out of memory while connecting");
-    if (context->err != 0) {
-        const std::string why = context->errstr;
+    // The lookup gets connect_timeout, then each address in turn does.
+    redisContext *context = nullptr;
+    std::string why;
+    for (const std::string &address :
+         resolve_host(settings.address.host, label, settings.connect_timeout)) {
+        context = redisConnectWithTimeout(address.c_str(), settings.address.port,
+                                          to_timeval(settings.connect_timeout));
+        if (context == nullptr)
+            throw BackendUnavailable("redis node " + label + ": out of memory while connecting");
+        if (context->err == 0)
+            break;
+        why = context->errstr;
         redisFree(context);
+        context = nullptr;
+    }
+    if (context == nullptr)
         throw BackendUnavailable("redis node " + label + " is unreachable: " + why +
                                  " (connect_timeout " +
                                  std::to_string(settings.connect_timeout.count()) + " ms)");
-    }
     // The handshake is part of connecting: it gets the connect timeout.
     redisSetTimeout(context, to_timeval(settings.connect_timeout));
     redisEnableKeepAlive(context);

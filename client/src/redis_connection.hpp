@@ -16,6 +16,8 @@
 // whenever a checkout ends, the only event that can let a blocked one go.
 #pragma once
 
+#include <netdb.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -43,6 +45,18 @@ struct RedisNodeSettings {
     std::chrono::milliseconds connect_timeout{1000};
     std::chrono::milliseconds timeout{1000};
 };
+
+// A getaddrinfo-shaped function (tests pass a slow one).
+using AddressLookup = int (*)(const char *, const char *, const ::addrinfo *, ::addrinfo **);
+
+// The numeric addresses of host, looked up within timeout: hiredis' own
+// lookup has no time limit, so a resolver that does not answer would hold
+// connect() far past connect_timeout. A numeric host is returned as it is.
+// Throws BackendUnavailable (naming label) when the name does not resolve
+// in time or at all. A lookup that times out finishes on its own thread.
+std::vector<std::string> resolve_host(const std::string &host, const std::string &label,
+                                      std::chrono::milliseconds timeout,
+                                      AddressLookup lookup = nullptr);
 
 // Frees a hiredis reply.
 struct RedisReplyDeleter {

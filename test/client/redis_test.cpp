@@ -452,6 +452,15 @@ BOOST_AUTO_TEST_CASE(redlock_holder_on_a_bare_quorum_is_waited_for_not_polled) {
                                                       << " ms after the release");
 }
 
+// A host name is looked up (within connect_timeout) and connected to.
+BOOST_AUTO_TEST_CASE(a_host_name_connects) {
+    RedisServer server;
+    auto locks =
+        connect("redis://localhost:" + std::to_string(server.port()) + "?connect_timeout=2s");
+    std::optional<Lock> lock = locks->try_acquire(unique_name("by-name"), opts(5s));
+    BOOST_TEST(lock.has_value());
+}
+
 // A reply that does not come within the timeout is an error, and the
 // command is not sent again: the node is alive and may run it late (a
 // release sent twice would report a lease it had just released as not held,

@@ -5,9 +5,13 @@
 #define BOOST_TEST_DYN_LINK
 #include <boost/test/unit_test.hpp>
 
+#include <netdb.h>
+
 #include <string>
+#include <thread>
 
 #include "lockext/lockext.hpp"
+#include "redis_connection.hpp"
 #include "redis_test_support.hpp"
 #include "test_support.hpp"
 
@@ -102,6 +106,32 @@ BOOST_AUTO_TEST_CASE(unreachable_nodes_are_backend_unavailable) {
     BOOST_CHECK_THROW(connect("redis://10.255.255.1:6379?connect_timeout=300ms"),
                       BackendUnavailable);
     BOOST_TEST(ms_since(start) < 3000);
+}
+
+// A name lookup that does not answer is bounded by connect_timeout (hiredis'
+// own lookup is not): BackendUnavailable naming the node, in about that time.
+BOOST_AUTO_TEST_CASE(a_name_that_does_not_resolve_in_time_is_backend_unavailable) {
+    // A resolver that answers only after 2 s.
+    const lockext::detail::AddressLookup slow = [](const char *host, const char *service,
+                                                   const addrinfo *hints, addrinfo **out) {
+        std::this_thread::sleep_for(2s);
+        return ::getaddrinfo(host, service, hints, out);
+    };
+    const auto start = Clock::now();
+    try {
+        lockext::detail::resolve_host("localhost", "localhost:6379", 200ms, slow);
+        BOOST_ERROR("a lookup slower than the timeout returned");
+    } catch (const BackendUnavailable &e) {
+        BOOST_TEST(std::string(e.what()).find("localhost:6379") != std::string::npos);
+        BOOST_TEST(std::string(e.what()).find("did not resolve") != std::string::npos);
+    }
+    BOOST_TEST(ms_since(start) < 1000);
+    // Numeric hosts need no lookup; names resolve; unknown names fail cleanly.
+    BOOST_TEST(lockext::detail::resolve_host("127.0.0.1", "n", 1ms, slow).at(0) == "127.0.0.1");
+    BOOST_TEST(lockext::detail::resolve_host("::1", "n", 1ms, slow).at(0) == "::1");
+    BOOST_TEST(!lockext::detail::resolve_host("localhost", "n", 2s).empty());
+    BOOST_CHECK_THROW(lockext::detail::resolve_host("lockext-no-such-host.invalid", "n", 5s),
+                      BackendUnavailable);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
