@@ -226,9 +226,16 @@ BEGIN
         -- Dropped by a concurrent drop_queue since the check above.
         RAISE EXCEPTION 'queue "%" does not exist', queue USING ERRCODE = '42704';
     END;
-    DELETE FROM @extschema@.dead_jobs d WHERE d.queue = drop_queue.queue;
+    PERFORM @extschema@._purge_dead_jobs(queue);
     DELETE FROM @extschema@.queues q WHERE q.queue = drop_queue.queue;
 END $$;
+
+-- Delete the dead jobs of a queue that no longer exists, with the latest
+-- snapshot (drop_queue at REPEATABLE READ would miss some). In C.
+CREATE FUNCTION @extschema@._purge_dead_jobs(queue text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_purge_dead_jobs'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 -- The LISTEN channel on which enqueue announces new jobs of a queue.
 CREATE FUNCTION @extschema@.queue_channel(queue text)

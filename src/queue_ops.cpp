@@ -95,6 +95,7 @@ enum Stmt : int {
     kPromoteMany,  // leaf: make each listed key's next job ready
     kExpired,      // SQL: _dequeue_expired(queue, n, lease, worker)
     kPromoteDue,   // SQL: _promote_delayed(queue)
+    kPurgeDead,    // dead_jobs: delete a dropped queue's dead jobs
     kStmtCount
 };
 
@@ -178,6 +179,8 @@ const char *stmt_sql(int stmt) {
             return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
         case kPromoteDue:
             return "SELECT lockext._promote_delayed($1)";
+        case kPurgeDead:
+            return "DELETE FROM lockext.dead_jobs d WHERE d.queue = $1";
     }
     elog(ERROR, "lockext: unknown queue statement %d", stmt);
     return nullptr;
@@ -246,6 +249,7 @@ int stmt_params(int stmt, Oid *types) {
             types[3] = TEXTOID;
             return 4;
         case kPromoteDue:
+        case kPurgeDead:
             types[0] = TEXTOID;
             return 1;
     }
@@ -1063,8 +1067,29 @@ Datum job_id_impl(FunctionCallInfo fcinfo) {
     PG_RETURN_INT64(next_job_id(seq, rem));
 }
 
+// Delete the dead jobs of a queue that no longer exists, reading them with
+// the latest snapshot: drop_queue's DROP TABLE has waited for every
+// transaction that could bury a job of the queue, but at REPEATABLE READ its
+// own snapshot would miss the rows they committed (they would then outlive
+// the queue and come back with a new queue of the same name).
+Datum purge_dead_jobs_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    char *table = queue_table(queue);
+    if (table != nullptr && OidIsValid(get_relname_relid(table, get_namespace_oid(kSchema, false))))
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_IN_USE), errmsg("queue \"%s\" still exists", queue),
+                        errhint("Use lockext.drop_queue() to drop a queue.")));
+    int level = pin_settings();
+    SPI_connect();
+    Datum args[1] = {CStringGetTextDatum(queue)};
+    run_latest(kPurgeDead, nullptr, args, nullptr);
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    PG_RETURN_VOID();
+}
+
 }  // namespace
 
+LOCKEXT_SQL_FUNCTION(purge_dead_jobs)
 LOCKEXT_SQL_FUNCTION(enqueue)
 LOCKEXT_SQL_FUNCTION(dequeue)
 LOCKEXT_SQL_FUNCTION(complete)
