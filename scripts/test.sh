@@ -49,7 +49,7 @@ lock_table_unit() {
     bin=$(mktemp /tmp/lockext-lock-table-test.XXXXXX)
     g++ -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
         -I"$LOCKEXT_ROOT/include" "$LOCKEXT_ROOT/src/lock_table.cpp" \
-        "$LOCKEXT_ROOT/test/core/lock_table_test.cpp" -o "$bin" &&
+        "$LOCKEXT_ROOT/test/core/lock_table_test.cpp" -lboost_unit_test_framework -o "$bin" &&
         "$bin" --log_level=test_suite
     local rc=$?
     rm -f "$bin"

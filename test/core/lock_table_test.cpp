@@ -4,7 +4,8 @@
 // asleep, and the order in which waiters are woken. Built with
 // AddressSanitizer and UBSan by scripts/test.sh.
 #define BOOST_TEST_MODULE lockext_lock_table
-#include <boost/test/included/unit_test.hpp>
+#define BOOST_TEST_DYN_LINK
+#include <boost/test/unit_test.hpp>
 
 #include <cstring>
 #include <set>
