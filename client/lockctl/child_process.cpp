@@ -46,8 +46,9 @@ int input_fd(const std::string &data) {
 
 // Spawn the child; see child_process.hpp.
 Child::Child(const std::vector<std::string> &argv,
-             const std::vector<std::pair<std::string, std::string>> &env,
-             const std::string *input) {
+             const std::vector<std::pair<std::string, std::string>> &env, const std::string *input,
+             bool own_group)
+    : own_group_(own_group) {
     if (argv.empty())
         throw usage_error("no command given after --");
     // The environment: ours, minus the names we set, plus ours.
@@ -90,7 +91,12 @@ Child::Child(const std::vector<std::string> &argv,
         sigaddset(&defaults, s);
     posix_spawnattr_setsigmask(&attr, &empty);
     posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+    if (own_group) {
+        posix_spawnattr_setpgroup(&attr, 0);  // a new group, led by the child
+        flags |= POSIX_SPAWN_SETPGROUP;
+    }
+    posix_spawnattr_setflags(&attr, flags);
     const int rc = posix_spawnp(&pid_, args[0], &actions, &attr, args.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
@@ -111,7 +117,7 @@ Child::Child(const std::vector<std::string> &argv,
 // Kill and reap a child still running (only on error paths: callers reap).
 Child::~Child() {
     if (!reaped_ && pid_ > 0) {
-        kill(pid_, SIGKILL);
+        kill(own_group_ ? -pid_ : pid_, SIGKILL);
         (void)reap();
     }
     if (pidfd_ >= 0)
@@ -154,15 +160,30 @@ int Child::reap() {
 // Signal the child unless it has been reaped (its pid may be reused then).
 void Child::signal(int signal) {
     if (!reaped_)
-        kill(pid_, signal);
+        kill(own_group_ ? -pid_ : pid_, signal);
 }
 
-// SIGTERM, grace, SIGKILL.
+// See child_process.hpp. Right after the reap, the group's id cannot have
+// been reused: the kernel hands out no pid equal to a live group's id, and
+// an empty group just gives ESRCH.
+void Child::kill_leftovers() {
+    if (own_group_ && pid_ > 0)
+        kill(-pid_, SIGKILL);
+}
+
+// See child_process.hpp.
+bool in_terminal_foreground() {
+    return isatty(STDIN_FILENO) == 1 && tcgetpgrp(STDIN_FILENO) == getpgrp();
+}
+
+// SIGTERM, grace, SIGKILL (to the whole group, leftovers included).
 int Child::terminate(std::chrono::milliseconds grace) {
     signal(SIGTERM);
     if (!wait_for(grace))
         signal(SIGKILL);
-    return reap();
+    const int status = reap();
+    kill_leftovers();
+    return status;
 }
 
 }  // namespace lockctl

@@ -227,9 +227,10 @@ int cmd_run(const Args &args) {
     Event lost;
     lock->on_lost([&lost] { lost.set(); });
 
+    // Its own process group unless it may be interactive (see Child).
     Child child(args.command,
-                {{"LOCKEXT_NAME", name}, {"LOCKEXT_TOKEN", std::to_string(lock->token())}},
-                nullptr);
+                {{"LOCKEXT_NAME", name}, {"LOCKEXT_TOKEN", std::to_string(lock->token())}}, nullptr,
+                !in_terminal_foreground());
     bool was_lost = false;
     std::optional<std::chrono::steady_clock::time_point> kill_at;
     int status = 0;
@@ -246,6 +247,8 @@ int cmd_run(const Args &args) {
             continue;
         if (fds[0].revents != 0) {
             status = child.reap();
+            if (was_lost)
+                child.kill_leftovers();  // what it started must not run on unlocked
             break;
         }
         if (fds[1].revents != 0) {
@@ -256,11 +259,13 @@ int cmd_run(const Args &args) {
             lost.clear();
             if (!was_lost) {
                 was_lost = true;
+                // Signal first: the message may fail (a closed stderr pipe),
+                // and the command must not go on without the lease.
+                child.signal(SIGTERM);
+                kill_at = std::chrono::steady_clock::now() + grace;
                 std::cerr << "lockctl: the lease on '" << name
                           << "' was lost; stopping the command (SIGTERM, SIGKILL after "
                           << human(grace) << ")\n";
-                child.signal(SIGTERM);
-                kill_at = std::chrono::steady_clock::now() + grace;
             }
         }
         if (kill_at && std::chrono::steady_clock::now() >= *kill_at) {
@@ -268,13 +273,17 @@ int cmd_run(const Args &args) {
             kill_at.reset();
         }
     }
+    // Whether the lease was still ours when the command ended, as far as
+    // this process can tell: a release that fails cannot say, so the local
+    // view (renewals confirmed within the TTL) decides then.
+    const bool held_at_end = lock->is_held();
     bool held = false;
     try {
         held = lock->release();
     } catch (const std::exception &e) {
         // The lease runs out by its TTL; the command has finished either way.
         std::cerr << "lockctl: could not release '" << name << "': " << e.what() << "\n";
-        held = true;
+        held = held_at_end;
     }
     if (was_lost)
         return exit_status::lease_lost;

@@ -1,6 +1,7 @@
 // lockctl: run commands under a distributed lock, watch holders, and work a
 // queue from the shell. Dispatches to the commands; every error ends as one
 // line on stderr and a documented exit status (cli.hpp, README).
+#include <csignal>
 #include <cstring>
 #include <iostream>
 
@@ -195,6 +196,9 @@ int dispatch(const std::string &command, int argc, char **argv) {
 // Entry point: print usage, or run a command and map its failure.
 int main(int argc, char **argv) {
     using namespace lockctl;
+    // A closed stdout or stderr pipe is an error on a write, not death: lockctl
+    // must still stop its command and release. Commands get SIGPIPE back.
+    std::signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         std::cerr << kOverview;
         return exit_status::usage;

@@ -67,6 +67,7 @@ struct Job {
     int attempt = 0;
     long long token = 0;
     bool finished = false;
+    bool gone = false;  // a heartbeat found its lease taken over: never start it
 };
 
 // What work's threads share. Counters only rise.
@@ -137,6 +138,10 @@ class Worker {
         while (!state_.stop.load()) {
             wakeup_.woken = false;
             std::vector<Job> jobs = dequeue();
+            // The batch's leases were set by the dequeue: the next
+            // heartbeat is due a third of a lease from now, whichever job
+            // is running then (jobs shorter than that never beat alone).
+            beat_at_ = std::chrono::steady_clock::now() + beat();
             if (jobs.empty()) {
                 if (options_.until_empty && queue_is_empty()) {
                     state_.stop.store(true);
@@ -215,19 +220,33 @@ class Worker {
         }
     }
 
-    // Extend the lease of every unfinished job of the batch; false when job
+    // How often the batch's leases are extended: a third of a lease.
+    milliseconds beat() const {
+        return std::max(options_.lease / 3, milliseconds(50));
+    }
+
+    // Extend the lease of every unfinished job of the batch (marking those
+    // whose lease is gone) and set the next beat; false when job
     // `current`'s lease is gone.
     bool heartbeat(std::vector<Job> &jobs, std::size_t current) {
-        bool held = true;
         pqxx::nontransaction tx(conn_);
         for (std::size_t i = current; i < jobs.size(); i++) {
+            if (jobs[i].gone)
+                continue;
             auto r = tx.exec_params(
                 "SELECT lockext.extend($1::text, $2::bigint, $3::bigint, $4::interval)",
                 state_.queue, jobs[i].id, jobs[i].token, interval_text(options_.lease));
-            if (r[0][0].is_null() && i == current)
-                held = false;
+            jobs[i].gone = r[0][0].is_null();
         }
-        return held;
+        beat_at_ = std::chrono::steady_clock::now() + beat();
+        return !jobs[current].gone;
+    }
+
+    // Time left until the next heartbeat (zero when it is due).
+    milliseconds until_beat() const {
+        const auto left =
+            std::chrono::ceil<milliseconds>(beat_at_ - std::chrono::steady_clock::now());
+        return std::max(left, milliseconds(0));
     }
 
     // Run the command for jobs[i], keeping the batch's leases alive, then
@@ -242,15 +261,26 @@ class Worker {
             {"LOCKEXT_JOB_TOKEN", std::to_string(job.token)}};
         int status;
         bool lost = false;
+        // A job whose lease is gone, or may be by now, is not started: its
+        // lease is checked (and the batch's extended) when a beat is due.
+        if (!job.gone && until_beat() == milliseconds(0))
+            (void)heartbeat(jobs, i);
+        if (job.gone) {
+            state_.lost++;
+            std::cerr << "lockctl: the lease on job " << job.id
+                      << " ran out before its turn in the batch; not started\n";
+            return;
+        }
         {
-            Child child(options_.command, env, &job.payload);
+            Child child(options_.command, env, &job.payload, true);
             {
                 std::lock_guard<std::mutex> g(state_.children_mutex);
                 state_.children.push_back(&child);
             }
             state_.running++;
-            const milliseconds beat = std::max(options_.lease / 3, milliseconds(50));
-            while (!child.wait_for(beat)) {
+            while (!child.wait_for(until_beat())) {
+                if (until_beat() > milliseconds(0))
+                    continue;  // woken early
                 if (!heartbeat(jobs, i)) {
                     lost = true;
                     std::cerr << "lockctl: the lease on job " << job.id
@@ -296,6 +326,8 @@ class Worker {
 
     const WorkOptions &options_;
     WorkState &state_;
+    // When the current batch's leases are next extended.
+    std::chrono::steady_clock::time_point beat_at_;
     pqxx::connection conn_;
     Wakeup wakeup_;
 };

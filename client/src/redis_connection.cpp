@@ -3,6 +3,7 @@
 #include "redis_connection.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -162,6 +163,9 @@ std::unique_ptr<RedisConnection> RedisConnection::open(const RedisNodeSettings &
         throw BackendUnavailable("redis node " + label + " is unreachable: " + why +
                                  " (connect_timeout " +
                                  std::to_string(settings.connect_timeout.count()) + " ms)");
+    // hiredis opens its socket without close-on-exec: keep it out of any
+    // program the application starts (lockctl's commands, for one).
+    (void)fcntl(context->fd, F_SETFD, FD_CLOEXEC);
     // The handshake is part of connecting: it gets the connect timeout.
     redisSetTimeout(context, to_timeval(settings.connect_timeout));
     redisEnableKeepAlive(context);

@@ -166,6 +166,43 @@ check "the run whose lease was force-released exits 76" same "$rc" 76
 check "its command got SIGTERM" contains "$WORK/victim.log" '^terminated$'
 check "it noticed within a renewal period ($(($(now_ms) - t0)) ms)" test $(($(now_ms) - t0)) -lt 3000
 check "it explains the loss on stderr" contains "$WORK/victim.err" 'lease on .victim. was lost'
+
+# The same with stderr a pipe nobody reads any more: writing the message
+# must not kill lockctl (SIGPIPE) before it stops the command.
+# (The command's own stderr goes elsewhere: sh reports a child killed by a
+# signal on stderr, and the closed pipe would kill it before its trap runs.)
+"$LOCKCTL" run victim2 --ttl 1500ms -- sh -c \
+    "exec 2>/dev/null; trap 'echo terminated >> $WORK/victim2.log; exit 0' TERM; while :; do sleep 0.1; done" \
+    2> >(exit 0) &
+victim=$!
+await_holder victim2
+"$LOCKCTL" force-release victim2 >/dev/null
+wait "$victim"
+rc=$?
+check "with stderr a closed pipe, the lost run still exits 76" same "$rc" 76
+check "and its command still got SIGTERM" contains "$WORK/victim2.log" '^terminated$'
+
+# A lost lease stops what CMD started too (CMD leads its own process group
+# when lockctl is not in a terminal's foreground), even a child that ignores
+# SIGTERM: SIGKILL reaches the group after --kill-grace.
+"$LOCKCTL" run victim3 --ttl 1500ms --kill-grace 300ms -- sh -c \
+    "trap '' TERM; sleep 60 & echo \$! > $WORK/victim3.pid; wait" 2>/dev/null &
+victim=$!
+await_file "$WORK/victim3.pid"
+await_holder victim3
+"$LOCKCTL" force-release victim3 >/dev/null
+wait "$victim"
+rc=$?
+check "a lost run whose command ignores SIGTERM exits 76" same "$rc" 76
+# Gone, once init has reaped it (a zombie still answers kill -0).
+leftover_gone() {
+    for _ in $(seq 40); do
+        kill -0 "$(cat "$WORK/victim3.pid")" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 1
+}
+check "and the process the command started is gone too" leftover_gone
 "$LOCKCTL" force-release victim 2>/dev/null
 check "force-release of a free lock exits 1" same "$?" 1
 
@@ -316,6 +353,19 @@ per_key_order() {
 }
 check "per-key order holds in the command's own log" per_key_order
 
+# --batch: the batch's leases are extended by time, whichever of its jobs
+# runs, so a batch that takes longer than a lease is not handed out again to
+# another worker (which then ran its last jobs a second time).
+sql "SELECT lockext.create_queue('lockctl_batch', 2)" >/dev/null
+for i in 1 2 3 4 5 6; do "$LOCKCTL" enqueue lockctl_batch "{\"n\": $i}" >/dev/null; done
+"$LOCKCTL" work lockctl_batch --concurrency 2 --batch 6 --lease 1s --until-empty -- \
+    sh -c 'echo "$LOCKEXT_JOB_ID" >> "$0"; sleep 0.3' "$WORK/batch.log" 2>"$WORK/batch.err"
+check "work --batch exits 0" same "$?" 0
+check "work --batch ran each of the 6 jobs exactly once" \
+    same "$(sort "$WORK/batch.log" | uniq | wc -l) $(wc -l <"$WORK/batch.log")" "6 6"
+check "and completed them all" \
+    same "$(sql "SELECT ready + scheduled + running + retrying + dead FROM lockext.queue_stats WHERE queue = 'lockctl_batch'")" 0
+
 # Bad input to enqueue: one line, a clear status.
 "$LOCKCTL" enqueue lockctl_jobs '{not json' 2>"$WORK/badjson.err"
 check "enqueue of bad JSON exits 65" same "$?" 65
@@ -375,6 +425,10 @@ for url in "$LOCKEXT_REDIS_URL" "$LOCKEXT_REDLOCK_URL"; do
     check "$scheme: it gave up after about --wait (${elapsed} ms)" test "$elapsed" -ge 250 -a "$elapsed" -lt 2500
     kill "$holder" 2>/dev/null
     wait "$holder" 2>/dev/null
+    # The command inherits none of the client's connection sockets.
+    LOCKEXT_URL=$url "$LOCKCTL" run fds -- sh -c 'ls -l /proc/$$/fd | grep -c socket' \
+        >"$WORK/fds.$scheme" 2>/dev/null
+    check "$scheme: the command inherits no connection socket" same "$(cat "$WORK/fds.$scheme")" 0
 done
 
 # A lease deleted behind the holder's back (as a Redis admin or an eviction
