@@ -22,13 +22,8 @@
 //   Every change to which job heads a key's line (enqueue of a keyed job,
 //   the finish of a key's head by completion or death, redrive) runs under
 //   the key lock: an ExclusiveLock in PostgreSQL's lock manager on
-//   (database, 64-bit hash of queue and the key's bucket), transaction
-//   scope, tagged kKeyLockTag so it never meets a user's advisory lock.
-//   A key's bucket is its hash modulo key_buckets() (up to 1024, fewer on
-//   a server with a small lock table), so a transaction that touches
-//   thousands of keys (a bulk enqueue, a redrive) holds a bounded number of
-//   locks instead of exhausting the server's lock table; keys sharing a
-//   bucket serialise, which only costs concurrency. Several keys are
+//   (database, 64-bit hash of queue and key), transaction scope, tagged
+//   kKeyLockTag so it never meets a user's advisory lock. Several keys are
 //   locked in hash order. Row locks on running jobs (the DELETE of a
 //   finished job) are taken before its key lock; a waiting job's row is
 //   locked only under its key lock (promotion). While holding the key lock,
@@ -420,29 +415,14 @@ int64 remainder_of(Oid relid, Datum key, bool key_null) {
 // The tag in field 4 of key locks: PostgreSQL's own advisory locks use 1 and 2.
 constexpr uint16 kKeyLockTag = 0x4c51;
 
-// How many key-lock buckets each queue has: 1024, or fewer when a quarter
-// of the server's lock table (max_locks_per_transaction per backend) would
-// not hold them, so that one transaction can never fill it. Both settings
-// are fixed at server start, so every backend computes the same number.
-uint64 key_buckets() {
-    static uint64 buckets = 0;
-    if (buckets == 0) {
-        const int64 table = static_cast<int64>(max_locks_per_xact) * MaxBackends;
-        buckets = 1024;
-        while (buckets > 16 && static_cast<int64>(buckets) > table / 4)
-            buckets /= 2;
-    }
-    return buckets;
-}
-
-// The key lock's identity: a 64-bit hash of the queue name and the key's bucket.
+// The key lock's identity: a 64-bit hash of the queue name and the key.
 uint64 key_hash(const char *queue, Datum key) {
     text *k = DatumGetTextPP(key);
     uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char *>(queue),
                                    static_cast<int>(strlen(queue)), 0);
-    uint64 kh = hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA_ANY(k)),
-                                    static_cast<int>(VARSIZE_ANY_EXHDR(k)), 0);
-    return hash_combine64(h, kh % key_buckets());
+    return hash_combine64(
+        h, hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA_ANY(k)),
+                               static_cast<int>(VARSIZE_ANY_EXHDR(k)), 0));
 }
 
 // Order of key hashes (the order key locks are taken in).
