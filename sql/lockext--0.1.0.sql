@@ -176,6 +176,13 @@ BEGIN
     END IF;
 END $$;
 
+-- Raise 22023 unless `span` is positive (zero too if zero_ok) and under 1000
+-- years, so now() + span cannot overflow; dequeue's check, in C.
+CREATE FUNCTION @extschema@._check_interval(span interval, what text, zero_ok boolean)
+RETURNS void
+AS 'MODULE_PATHNAME', 'lockext_check_interval'
+LANGUAGE C IMMUTABLE;
+
 -- Create a queue: a partition of jobs with `partitions` hash partitions by key.
 CREATE FUNCTION @extschema@.create_queue(queue text, partitions int DEFAULT 8)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -399,8 +406,7 @@ DECLARE
     gone @extschema@.jobs;
 BEGIN
     PERFORM @extschema@._require_queue(q);
-    PERFORM @extschema@._check(fail.retry_in IS NULL OR fail.retry_in >= interval '0',
-                               'retry_in must not be negative');
+    PERFORM @extschema@._check_interval(coalesce(fail.retry_in, interval '0'), 'retry_in', true);
     DELETE FROM @extschema@.jobs j
      WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running'
        AND j.attempt >= j.max_attempts
@@ -427,7 +433,7 @@ DECLARE
     expires timestamptz;
 BEGIN
     PERFORM @extschema@._require_queue(extend.queue);
-    PERFORM @extschema@._check(extend.lease > interval '0', 'lease must be positive');
+    PERFORM @extschema@._check_interval(extend.lease, 'lease', false);
     UPDATE @extschema@.jobs j SET lease_expires_at = clock_timestamp() + extend.lease
      WHERE j.queue = extend.queue AND j.id = extend.id AND j.token = extend.token
        AND j.state = 'running'
@@ -460,6 +466,29 @@ BEGIN
     RETURN cardinality(g.payloads);
 END $$;
 
+-- Give a leased job back unfinished, as a worker that shuts down does: it
+-- is ready again at once, still its key's head, and the attempt it was
+-- leased for does not count. False when that token no longer holds it.
+CREATE FUNCTION @extschema@.requeue(queue text, id bigint, token bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    q text := requeue.queue;
+BEGIN
+    PERFORM @extschema@._require_queue(q);
+    UPDATE @extschema@.jobs j
+       SET state = 'ready', attempt = j.attempt - 1, token = NULL, lease_expires_at = NULL,
+           worker = NULL, run_at = least(j.run_at, now())
+     WHERE j.queue = q AND j.id = requeue.id AND j.token = requeue.token AND j.state = 'running';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Rare (a worker's shutdown), so a plain NOTIFY: its commit-time
+    -- serialisation costs nothing here.
+    PERFORM pg_notify(@extschema@.queue_channel(q), '');
+    RETURN true;
+END $$;
+
 -- Plans: one generic plan per statement, cached for the session, with
 -- partition pruning by queue at execution, so no call pays for planning.
 -- Queue tables churn faster than statistics follow (an empty table at the
@@ -481,6 +510,9 @@ ALTER FUNCTION @extschema@.extend(text, bigint, bigint, interval)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION @extschema@.redrive(text, bigint[])
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION @extschema@.requeue(text, bigint, bigint)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
 

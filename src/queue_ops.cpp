@@ -325,6 +325,32 @@ void check(bool ok, const char *message) {
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", message)));
 }
 
+// Cap on leases and retry delays: now() plus any of them stays a valid timestamp.
+constexpr int32 kMaxSpanYears = 1000;
+
+// Raise 22023 unless `what` is positive (zero too if zero_ok) and under the cap, in
+// total and in each field: with mixed signs, now() + span can overflow midway.
+void check_span(bool isnull, Datum span, const char *what, bool zero_ok) {
+    Interval zero, cap;
+    memset(&zero, 0, sizeof(zero));
+    memset(&cap, 0, sizeof(cap));
+    cap.month = kMaxSpanYears * MONTHS_PER_YEAR;
+    int sign =
+        isnull ? -1
+               : DatumGetInt32(DirectFunctionCall2(interval_cmp, span, IntervalPGetDatum(&zero)));
+    if (sign < 0 || (sign == 0 && !zero_ok))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg(zero_ok ? "%s must not be negative" : "%s must be positive", what)));
+    const Interval *iv = DatumGetIntervalP(span);
+    const int64 max_days = static_cast<int64>(kMaxSpanYears) * 366;
+    const int64 max_us = static_cast<int64>(kMaxSpanYears) * SECS_PER_YEAR * USECS_PER_SEC;
+    if (DatumGetInt32(DirectFunctionCall2(interval_cmp, span, IntervalPGetDatum(&cap))) >= 0 ||
+        iv->month <= -cap.month || iv->month >= cap.month || iv->day <= -max_days ||
+        iv->day >= max_days || iv->time <= -max_us || iv->time >= max_us)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("%s must be less than %d years", what, kMaxSpanYears)));
+}
+
 // Argument `n` as the queue name, NULL-checked.
 char *queue_arg(FunctionCallInfo fcinfo, int n) {
     if (PG_ARGISNULL(n))
@@ -625,11 +651,7 @@ Datum dequeue_impl(FunctionCallInfo fcinfo) {
     call.queue = queue_arg(fcinfo, 0);
     check(!PG_ARGISNULL(1) && PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
     call.batch = PG_GETARG_INT32(1);
-    Interval zero;
-    memset(&zero, 0, sizeof(zero));
-    check(!PG_ARGISNULL(2) && DatumGetBool(DirectFunctionCall2(interval_gt, PG_GETARG_DATUM(2),
-                                                               IntervalPGetDatum(&zero))),
-          "lease must be positive");
+    check_span(PG_ARGISNULL(2), PG_GETARG_DATUM(2), "lease", false);
     call.lease = PG_GETARG_DATUM(2);
     call.worker_null = PG_ARGISNULL(3);
     call.worker = call.worker_null ? (Datum)0 : PG_GETARG_DATUM(3);
@@ -1067,8 +1089,17 @@ Datum purge_dead_jobs_impl(FunctionCallInfo fcinfo) {
     PG_RETURN_VOID();
 }
 
+// dequeue's interval checks, for the SQL functions (extend, fail).
+Datum check_interval_impl(FunctionCallInfo fcinfo) {
+    check(!PG_ARGISNULL(1) && !PG_ARGISNULL(2), "what and zero_ok must not be NULL");
+    check_span(PG_ARGISNULL(0), PG_GETARG_DATUM(0), text_to_cstring(PG_GETARG_TEXT_PP(1)),
+               PG_GETARG_BOOL(2));
+    PG_RETURN_VOID();
+}
+
 }  // namespace
 
+LOCKEXT_SQL_FUNCTION(check_interval)
 LOCKEXT_SQL_FUNCTION(purge_dead_jobs)
 LOCKEXT_SQL_FUNCTION(enqueue)
 LOCKEXT_SQL_FUNCTION(dequeue)

@@ -1,9 +1,11 @@
-// lockctl: child processes via posix_spawnp, waited for through a pidfd.
+// lockctl: child processes (fork and exec, tied to lockctl's life), waited
+// for through a pidfd.
 #include "child_process.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
-#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -42,6 +44,38 @@ int input_fd(const std::string &data) {
     return fd;
 }
 
+// The file execvp would run for `file` (itself when it has a slash, else
+// the first executable regular file of that name on PATH) into `path`;
+// 0, or the errno execvp would fail with.
+int resolve_command(const std::string &file, std::string &path) {
+    if (file.empty())
+        return ENOENT;
+    if (file.find('/') != std::string::npos) {
+        path = file;
+        return 0;
+    }
+    const char *env_path = getenv("PATH");
+    const std::string search = env_path != nullptr ? env_path : "/bin:/usr/bin";
+    int err = ENOENT;
+    std::size_t begin = 0;
+    for (;;) {
+        const std::size_t end = search.find(':', begin);
+        std::string dir = search.substr(begin, end == std::string::npos ? end : end - begin);
+        const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + file;
+        struct stat st;
+        if (stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+            if (access(candidate.c_str(), X_OK) == 0) {
+                path = candidate;
+                return 0;
+            }
+            err = EACCES;  // as execvp: a later match may still run
+        }
+        if (end == std::string::npos)
+            return err;
+        begin = end + 1;
+    }
+}
+
 }  // namespace
 
 // Spawn the child; see child_process.hpp.
@@ -51,6 +85,12 @@ Child::Child(const std::vector<std::string> &argv,
     : own_group_(own_group) {
     if (argv.empty())
         throw usage_error("no command given after --");
+    // Everything the child needs is built here: between fork and exec it may
+    // only make async-signal-safe calls (another thread may hold malloc's lock).
+    std::string path;
+    if (const int err = resolve_command(argv[0], path); err != 0)
+        throw Failure(err == ENOENT ? exit_status::command_not_found : exit_status::cannot_execute,
+                      "cannot run '" + argv[0] + "': " + std::strerror(err));
     // The environment: ours, minus the names we set, plus ours.
     std::vector<std::string> env_strings;
     for (char **e = environ; *e != nullptr; e++) {
@@ -74,37 +114,65 @@ Child::Child(const std::vector<std::string> &argv,
         args.push_back(s.data());
     args.push_back(nullptr);
 
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    int in = -1;
-    if (input != nullptr) {
-        in = input_fd(*input);
-        posix_spawn_file_actions_adddup2(&actions, in, STDIN_FILENO);
+    const int in = input != nullptr ? input_fd(*input) : -1;
+    // exec's outcome: closed on success (close-on-exec), errno on failure.
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        const int err = errno;
+        if (in >= 0)
+            close(in);
+        throw Failure(exit_status::internal, std::string("pipe2: ") + std::strerror(err));
     }
-    // A fresh signal state: lockctl blocks the signals it handles itself.
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t empty, defaults;
+    struct sigaction default_action {};
+    default_action.sa_handler = SIG_DFL;
+    sigset_t empty;
     sigemptyset(&empty);
-    sigemptyset(&defaults);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2})
-        sigaddset(&defaults, s);
-    posix_spawnattr_setsigmask(&attr, &empty);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-    if (own_group) {
-        posix_spawnattr_setpgroup(&attr, 0);  // a new group, led by the child
-        flags |= POSIX_SPAWN_SETPGROUP;
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ == 0) {
+        // A fresh signal state: lockctl ignores SIGPIPE and blocks the
+        // signals it reads from a signalfd.
+        for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2})
+            sigaction(s, &default_action, nullptr);
+        if (own_group)
+            setpgid(0, 0);
+        // Die with lockctl: a command that outlived it would run on after
+        // its lease lapsed, beside the next holder (or the job's next worker).
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(exit_status::internal);  // lockctl died before the prctl
+        if (in >= 0)
+            dup2(in, STDIN_FILENO);
+        sigprocmask(SIG_SETMASK, &empty, nullptr);
+        execve(path.c_str(), args.data(), envp.data());
+        const int err = errno;
+        (void)!write(report[1], &err, sizeof(err));
+        _exit(err == ENOENT ? exit_status::command_not_found : exit_status::cannot_execute);
     }
-    posix_spawnattr_setflags(&attr, flags);
-    const int rc = posix_spawnp(&pid_, args[0], &actions, &attr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attr);
+    const int fork_err = errno;
+    close(report[1]);
     if (in >= 0)
         close(in);
-    if (rc != 0)
-        throw Failure(rc == ENOENT ? exit_status::command_not_found : exit_status::cannot_execute,
-                      "cannot run '" + argv[0] + "': " + std::strerror(rc));
+    if (pid_ < 0) {
+        close(report[0]);
+        throw Failure(exit_status::internal, std::string("fork: ") + std::strerror(fork_err));
+    }
+    // Set the group from this side too, so a signal to -pid cannot miss the
+    // child before its own setpgid (EACCES once it has exec'd: already set).
+    if (own_group)
+        setpgid(pid_, pid_);
+    int exec_err = 0;
+    ssize_t n;
+    do {
+        n = read(report[0], &exec_err, sizeof(exec_err));
+    } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == static_cast<ssize_t>(sizeof(exec_err))) {
+        (void)reap();
+        throw Failure(
+            exec_err == ENOENT ? exit_status::command_not_found : exit_status::cannot_execute,
+            "cannot run '" + argv[0] + "': " + std::strerror(exec_err));
+    }
     pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid_, 0));
     if (pidfd_ < 0) {
         const int err = errno;

@@ -23,6 +23,9 @@ class Child {
     // the command's own children too); without it the child stays in
     // lockctl's group, so a terminal's job control (Ctrl-C, Ctrl-Z) keeps
     // working for an interactive command.
+    // The child gets SIGKILL when the thread that started it ends, as when
+    // lockctl is killed: its lease is renewed by nothing after that. (Only
+    // the child: what it started in its group is out of the kernel's reach.)
     Child(const std::vector<std::string> &argv,
           const std::vector<std::pair<std::string, std::string>> &env, const std::string *input,
           bool own_group);

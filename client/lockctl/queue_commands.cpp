@@ -4,8 +4,10 @@
 // work's threads: C workers, each with its own connection (LISTENing on the
 // queue's channel), its own jobs and child processes; the main thread reads
 // signals; a reporter thread draws the progress line on a terminal. Shared
-// between them: the atomics in WorkState (counters, the stop flag), and the
-// metrics server reading those counters.
+// between them: only the atomics in WorkState (counters, the stop and abort
+// flags, the count of workers still running), read by the metrics server too.
+// A worker alone signals, reaps and reports its own children, so no thread
+// ever holds a pointer to another's.
 #include <poll.h>
 #include <unistd.h>
 
@@ -73,13 +75,12 @@ struct Job {
 // What work's threads share. Counters only rise.
 struct WorkState {
     std::string queue;
-    std::atomic<bool> stop{false};
-    std::atomic<long long> completed{0}, retried{0}, dead{0}, lost{0}, running{0};
+    std::atomic<bool> stop{false};   // take no new jobs; running ones finish
+    std::atomic<bool> abort{false};  // stop running jobs too and give them back
+    std::atomic<int> active{0};      // worker threads not yet finished
+    std::atomic<long long> completed{0}, retried{0}, dead{0}, lost{0}, requeued{0}, running{0};
     std::mutex error_mutex;
     std::optional<Failure> error;  // the first worker failure (guarded by error_mutex)
-    // Signals sent by a process to lockctl, forwarded to every running job.
-    std::mutex children_mutex;
-    std::vector<Child *> children;  // guarded by children_mutex
 };
 
 // Prometheus text for work's counters.
@@ -90,7 +91,8 @@ std::string work_metrics(const WorkState &s) {
     const std::pair<const char *, long long> results[] = {{"completed", s.completed.load()},
                                                           {"retried", s.retried.load()},
                                                           {"dead", s.dead.load()},
-                                                          {"lost", s.lost.load()}};
+                                                          {"lost", s.lost.load()},
+                                                          {"requeued", s.requeued.load()}};
     for (const auto &[result, n] : results)
         out << "lockctl_jobs_total{queue=\"" << s.queue << "\",result=\"" << result << "\"} " << n
             << "\n";
@@ -150,8 +152,13 @@ class Worker {
                 sleep_until_woken();
                 continue;
             }
-            for (std::size_t i = 0; i < jobs.size(); i++)
+            for (std::size_t i = 0; i < jobs.size(); i++) {
+                if (state_.stop.load()) {
+                    hand_back(jobs, i);  // stopping: the rest of the batch is not started
+                    break;
+                }
                 run_job(jobs, i);
+            }
         }
     }
 
@@ -242,6 +249,26 @@ class Worker {
         return !jobs[current].gone;
     }
 
+    // Give a job that never ran to completion back to the queue, its attempt
+    // not counted; false when its lease had already been taken over.
+    bool requeue(const Job &job) {
+        pqxx::nontransaction tx(conn_);
+        return tx
+            .exec_params1("SELECT lockext.requeue($1::text, $2::bigint, $3::bigint)", state_.queue,
+                          job.id, job.token)[0]
+            .as<bool>();
+    }
+
+    // Give back jobs[from..] (a batch cut short by a stop), none of them started.
+    void hand_back(const std::vector<Job> &jobs, std::size_t from) {
+        for (std::size_t i = from; i < jobs.size(); i++) {
+            if (!jobs[i].gone && requeue(jobs[i]))
+                state_.requeued++;
+            else
+                state_.lost++;
+        }
+    }
+
     // Time left until the next heartbeat (zero when it is due).
     milliseconds until_beat() const {
         const auto left =
@@ -261,6 +288,7 @@ class Worker {
             {"LOCKEXT_JOB_TOKEN", std::to_string(job.token)}};
         int status;
         bool lost = false;
+        bool aborted = false;
         // A job whose lease is gone, or may be by now, is not started: its
         // lease is checked (and the batch's extended) when a beat is due.
         if (!job.gone && until_beat() == milliseconds(0))
@@ -273,31 +301,43 @@ class Worker {
         }
         {
             Child child(options_.command, env, &job.payload, true);
-            {
-                std::lock_guard<std::mutex> g(state_.children_mutex);
-                state_.children.push_back(&child);
-            }
             state_.running++;
-            while (!child.wait_for(until_beat())) {
-                if (until_beat() > milliseconds(0))
-                    continue;  // woken early
-                if (!heartbeat(jobs, i)) {
-                    lost = true;
-                    std::cerr << "lockctl: the lease on job " << job.id
-                              << " ran out; stopping its command\n";
-                    break;
+            try {
+                // Slices of at most 100 ms, only so that an abort is seen promptly.
+                while (!child.wait_for(std::min(until_beat(), milliseconds(100)))) {
+                    if (state_.abort.load()) {
+                        aborted = true;
+                        break;
+                    }
+                    if (until_beat() > milliseconds(0))
+                        continue;
+                    if (!heartbeat(jobs, i)) {
+                        lost = true;
+                        std::cerr << "lockctl: the lease on job " << job.id
+                                  << " ran out; stopping its command\n";
+                        break;
+                    }
                 }
+            } catch (...) {
+                // The lease can no longer be extended: stop the command as
+                // for a lost lease, with its grace, before work ends (69).
+                (void)child.terminate(options_.kill_grace);
+                state_.running--;
+                throw;
             }
-            {
-                std::lock_guard<std::mutex> g(state_.children_mutex);
-                state_.children.erase(
-                    std::find(state_.children.begin(), state_.children.end(), &child));
-            }
-            status = lost ? child.terminate(options_.kill_grace) : child.reap();
+            status = lost || aborted ? child.terminate(options_.kill_grace) : child.reap();
             state_.running--;
         }
         if (lost) {
             state_.lost++;
+            return;
+        }
+        if (aborted) {
+            // Stopped by us, not failed by itself: the attempt does not count.
+            if (requeue(job))
+                state_.requeued++;
+            else
+                state_.lost++;
             return;
         }
         pqxx::nontransaction tx(conn_);
@@ -337,15 +377,16 @@ void report_progress(WorkState &state) {
     const auto start = SteadyClock::now();
     auto draw = [&] {
         const double secs = std::chrono::duration<double>(SteadyClock::now() - start).count();
-        const long long finished = state.completed + state.retried + state.dead + state.lost;
+        const long long finished =
+            state.completed + state.retried + state.dead + state.lost + state.requeued;
         std::cerr << "\r\033[K" << state.queue << ": " << state.completed << " done, "
                   << state.retried + state.dead << " failed (" << state.retried << " to retry, "
-                  << state.dead << " dead), " << state.lost << " lost, " << state.running
-                  << " running, " << std::fixed << std::setprecision(1)
-                  << (secs > 0 ? static_cast<double>(finished) / secs : 0.0) << " jobs/s"
-                  << std::flush;
+                  << state.dead << " dead), " << state.lost << " lost, " << state.requeued
+                  << " given back, " << state.running << " running, " << std::fixed
+                  << std::setprecision(1) << (secs > 0 ? static_cast<double>(finished) / secs : 0.0)
+                  << " jobs/s" << std::flush;
     };
-    while (!state.stop.load()) {
+    while (state.active.load() > 0) {
         draw();
         std::this_thread::sleep_for(250ms);
     }
@@ -438,6 +479,7 @@ int cmd_work(const Args &args) {
     }
 
     std::vector<std::thread> threads;
+    state.active.store(static_cast<int>(workers.size()));
     for (auto &w : workers) {
         threads.emplace_back([&state, worker = w.get()] {
             try {
@@ -452,27 +494,25 @@ int cmd_work(const Args &args) {
                 }
                 state.stop.store(true);
             }
+            state.active--;
         });
     }
     std::thread reporter;
     if (isatty(STDERR_FILENO) == 1)
         reporter = std::thread([&state] { report_progress(state); });
 
-    while (!state.stop.load()) {
+    // The first signal stops the taking of jobs (running ones finish and are
+    // completed or failed); any later one aborts the running jobs too, which
+    // are then given back. Signals are read until every worker is done.
+    int received = 0;
+    while (state.active.load() > 0) {
         pollfd p{signals.fd(), POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0)
+        if (poll(&p, 1, 100) <= 0 || !signals.take())
             continue;
-        auto info = signals.take();
-        if (!info)
-            continue;
-        // Stop taking jobs; running ones finish (a signal a process sent us
-        // goes on to them, as `run` does), and are completed or failed.
-        state.stop.store(true);
-        if (HandledSignals::sent_by_process(*info)) {
-            std::lock_guard<std::mutex> g(state.children_mutex);
-            for (Child *c : state.children)
-                c->signal(static_cast<int>(info->ssi_signo));
-        }
+        if (++received == 1)
+            state.stop.store(true);
+        else
+            state.abort.store(true);
     }
     for (auto &t : threads)
         t.join();

@@ -219,6 +219,26 @@ check "SIGTERM to lockctl reaches the command" contains "$WORK/forward.log" '^go
 check "lockctl then exits with the command's status" same "$rc" 0
 check "and the lock is released" same "$(sql "SELECT count(*) FROM lockext.holders WHERE name = 'forward'")" 0
 
+# lockctl killed with SIGKILL: the kernel kills its command too (nothing
+# renews the lease any more, so the command must not run on beside the next
+# holder).
+"$LOCKCTL" run orphan -- sh -c 'echo $$ > "$0"; while :; do sleep 0.1; done' "$WORK/orphan.pid" &
+orphan=$!
+await_file "$WORK/orphan.pid"
+await_holder orphan
+kill -KILL "$orphan"
+wait "$orphan" 2>/dev/null
+# Whether the process whose pid is in file $1 is gone within 2 s.
+pid_gone() {
+    for _ in $(seq 40); do
+        kill -0 "$(cat "$1")" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    return 1
+}
+check "a command does not outlive a lockctl killed with SIGKILL" pid_gone "$WORK/orphan.pid"
+"$LOCKCTL" force-release orphan >/dev/null  # its lease would only run out in 30 s
+
 # release by token: the wrong token is refused (1), the right one releases.
 "$LOCKCTL" run bytoken --ttl 5s -- sh -c 'echo $LOCKEXT_TOKEN > "$0"; sleep 5' "$WORK/bytoken.tok" &
 bt=$!
@@ -365,6 +385,48 @@ check "work --batch ran each of the 6 jobs exactly once" \
     same "$(sort "$WORK/batch.log" | uniq | wc -l) $(wc -l <"$WORK/batch.log")" "6 6"
 check "and completed them all" \
     same "$(sql "SELECT ready + scheduled + running + retrying + dead FROM lockext.queue_stats WHERE queue = 'lockctl_batch'")" 0
+
+# Stopping work. The first SIGTERM: no new job starts, the running one
+# finishes and is completed, the rest of its batch goes back to the queue
+# with the attempt not counted; exit 0.
+sql "SELECT lockext.create_queue('lockctl_stop', 2)" >/dev/null
+for i in 1 2 3; do "$LOCKCTL" enqueue lockctl_stop --key "k$i" "{\"n\": $i}" >/dev/null; done
+"$LOCKCTL" work lockctl_stop --batch 3 -- sh -c \
+    'echo "start $LOCKEXT_JOB_ID" >> "$0"; sleep 1; echo "end $LOCKEXT_JOB_ID" >> "$0"' \
+    "$WORK/stop.log" 2>"$WORK/stop.err" &
+stopper=$!
+for _ in $(seq 200); do [ -s "$WORK/stop.log" ] && break; sleep 0.05; done
+kill -TERM "$stopper"
+wait "$stopper"
+check "work stopped by SIGTERM exits 0" same "$?" 0
+check "its running job finished" same "$(cut -d' ' -f1 "$WORK/stop.log" | tr '\n' ' ')" "start end "
+check "and was completed; the other two were given back, attempt not counted" \
+    same "$(sql "SELECT string_agg(state || ':' || attempt, ' ' ORDER BY id) FROM lockext.jobs WHERE queue = 'lockctl_stop'")" \
+    "ready:0 ready:0"
+# A second SIGTERM stops the running job (SIGTERM to it) and gives it back.
+"$LOCKCTL" work lockctl_stop -- sh -c \
+    "trap 'echo terminated >> $WORK/abort.log; exit 0' TERM; echo started >> $WORK/abort.log; while :; do sleep 0.1; done" \
+    2>"$WORK/abort.err" &
+aborter=$!
+await_file "$WORK/abort.log"
+kill -TERM "$aborter"
+sleep 0.3
+kill -TERM "$aborter"
+wait "$aborter"
+check "work stopped by a second SIGTERM exits 0" same "$?" 0
+check "its running job got SIGTERM" contains "$WORK/abort.log" '^terminated$'
+check "and was given back, not failed" \
+    same "$(sql "SELECT string_agg(state || ':' || attempt || ':' || coalesce(last_error, '-'), ' ' ORDER BY id) FROM lockext.jobs WHERE queue = 'lockctl_stop'")" \
+    "ready:0:- ready:0:-"
+# work killed with SIGKILL: its running job is killed too.
+"$LOCKCTL" work lockctl_stop -- sh -c 'echo $$ > "$0"; while :; do sleep 0.1; done' \
+    "$WORK/wjob.pid" 2>/dev/null &
+killed=$!
+await_file "$WORK/wjob.pid"
+kill -KILL "$killed"
+wait "$killed" 2>/dev/null
+check "a job does not outlive a work process killed with SIGKILL" pid_gone "$WORK/wjob.pid"
+sql "SELECT lockext.drop_queue('lockctl_stop')" >/dev/null
 
 # Bad input to enqueue: one line, a clear status.
 "$LOCKCTL" enqueue lockctl_jobs '{not json' 2>"$WORK/badjson.err"

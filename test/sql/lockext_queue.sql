@@ -44,6 +44,17 @@ SELECT qtry($$SELECT * FROM lockext.dequeue('nosuch')$$);
 SELECT qtry($$SELECT lockext.complete('orders', ARRAY[1, 2]::bigint[], ARRAY[1]::bigint[])$$);
 SELECT qtry($$SELECT lockext.extend('orders', 1, 1, '0 s')$$);
 SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '-1 s')$$);
+-- Spans so long that now() plus them leaves timestamptz's range are capped.
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '100000000 years')$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '1000 years')$$);
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, NULL)$$);
+-- Under the cap in total, but now() plus its months alone would overflow.
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '292300 years -2523000000 hours')$$);
+SELECT qtry($$SELECT lockext.extend('orders', 1, 1, '100000000 years')$$);
+SELECT qtry($$SELECT lockext.extend('orders', 1, 1, '292300 years -2523000000 hours')$$);
+SELECT qtry($$SELECT lockext.extend('orders', 1, 1, NULL)$$);
+SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '100000000 years')$$);
+SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '-100000000 years')$$);
 -- Nothing was lost by the failures above: the queue is still empty.
 SELECT ready, scheduled, running, retrying, dead FROM lockext.queue_stats;
 -- The transaction stays usable after a caught error.
@@ -256,6 +267,46 @@ SELECT qtry($$SELECT lockext.enqueue('orders', '{}', 'k')$$);
 SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}'::jsonb])$$);
 SELECT setval('lockext.job_id_seq', :idseq);
 SELECT count(*) AS nothing_enqueued FROM lockext.queue_orders;
+
+-- Too long a span on a held job (a 22008 from the UPDATE before the cap)
+-- changes nothing, and the transaction goes on; 999 years is allowed.
+BEGIN;
+SELECT lockext.enqueue('orders', '{"n": 0}') > 0 AS enqueued FROM generate_series(1, 2);
+CREATE TEMP TABLE held AS SELECT * FROM lockext.dequeue('orders', 1, '1 minute');
+SELECT qtry(format($$SELECT lockext.extend('orders', %s, %s, '100000000 years')$$, id, token)) FROM held;
+SELECT qtry(format($$SELECT lockext.fail('orders', %s, %s, 'x', '100000000 years')$$, id, token)) FROM held;
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '100000000 years')$$);
+SELECT j.state, j.token = h.token AS same_token, j.lease_expires_at = h.lease_expires_at AS same_lease
+  FROM lockext.queue_orders j JOIN held h USING (id);
+SELECT ready, running FROM lockext.queue_stats;
+SELECT lockext.extend('orders', id, token, '999 years') > now() + interval '998 years' AS extended
+  FROM held;
+SELECT lockext.fail('orders', id, token, 'x', '999 years') AS failed FROM held;
+SELECT attempt, lease_expires_at > now() + interval '998 years' AS leased
+  FROM lockext.dequeue('orders', 1, '999 years');
+ROLLBACK;
+SELECT count(*) AS rolled_back FROM lockext.queue_orders;
+
+-- requeue: a leased job goes back ready, still its key's head, with its
+-- attempt not counted; the old token is stale from then on.
+SELECT lockext.create_queue('rq', 2);
+SELECT lockext.enqueue('rq', '{"n": 1}', 'k') AS rq1 \gset
+SELECT lockext.enqueue('rq', '{"n": 2}', 'k') AS rq2 \gset
+SELECT id = :rq1 AS rq_head, attempt AS rq_attempt, token AS rq_token FROM lockext.dequeue('rq', 10) \gset
+SELECT :'rq_head' AS head, :rq_attempt AS attempt;
+SELECT lockext.requeue('rq', :rq1, :rq_token) AS requeued;
+SELECT lockext.requeue('rq', :rq1, :rq_token) AS requeued_again;
+SELECT lockext.complete('rq', :rq1, :rq_token) AS stale_complete;
+SELECT lockext.extend('rq', :rq1, :rq_token, '1 minute') AS stale_extend;
+SELECT id = :rq1 AS first, state, attempt, token IS NULL AS no_token FROM lockext.jobs
+ WHERE queue = 'rq' ORDER BY id;
+SELECT ready, running FROM lockext.queue_stats WHERE queue = 'rq';
+SELECT id = :rq1 AS same_head, attempt, token > :rq_token AS newer_token
+  FROM lockext.dequeue('rq', 10);
+SELECT lockext.requeue('rq', 123, 456) AS unknown_job;
+SELECT qtry($$SELECT lockext.requeue('no_such_queue', 1, 1)$$);
+SELECT qtry($$SELECT lockext.requeue(NULL, 1, 1)$$);
+SELECT lockext.drop_queue('rq');
 
 SELECT lockext.drop_queue('orders');
 SELECT count(*) AS queues FROM lockext.queues;
