@@ -62,13 +62,17 @@ int resolve_command(const std::string &file, std::string &path) {
         const std::size_t end = search.find(':', begin);
         std::string dir = search.substr(begin, end == std::string::npos ? end : end - begin);
         const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + file;
+        // As execvp: a match that cannot run gives EACCES (126) unless a
+        // later one runs.
         struct stat st;
-        if (stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-            if (access(candidate.c_str(), X_OK) == 0) {
+        if (stat(candidate.c_str(), &st) == 0) {
+            if (S_ISREG(st.st_mode) && access(candidate.c_str(), X_OK) == 0) {
                 path = candidate;
                 return 0;
             }
-            err = EACCES;  // as execvp: a later match may still run
+            err = EACCES;
+        } else if (errno == EACCES) {
+            err = EACCES;
         }
         if (end == std::string::npos)
             return err;

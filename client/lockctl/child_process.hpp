@@ -25,7 +25,9 @@ class Child {
     // working for an interactive command.
     // The child gets SIGKILL when the thread that started it ends, as when
     // lockctl is killed: its lease is renewed by nothing after that. (Only
-    // the child: what it started in its group is out of the kernel's reach.)
+    // the child: what it started in its group is out of the kernel's reach,
+    // and the kernel drops the death signal when the child execs a setuid
+    // or file-capability program, such as sudo.)
     Child(const std::vector<std::string> &argv,
           const std::vector<std::pair<std::string, std::string>> &env, const std::string *input,
           bool own_group);
@@ -39,6 +41,10 @@ class Child {
     // Readable (POLLIN) once the child has exited.
     int exit_fd() const {
         return pidfd_;
+    }
+    // Whether reap() has run (the pid is no longer ours to signal).
+    bool reaped() const {
+        return reaped_;
     }
     // Wait up to `timeout` for the child to exit; true if it has.
     bool wait_for(std::chrono::milliseconds timeout);

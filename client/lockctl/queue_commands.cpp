@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -19,6 +20,7 @@
 #include <iostream>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <pqxx/pqxx>
 #include <sstream>
 #include <thread>
@@ -69,7 +71,8 @@ struct Job {
     int attempt = 0;
     long long token = 0;
     bool finished = false;
-    bool gone = false;  // a heartbeat found its lease taken over: never start it
+    bool gone = false;         // a heartbeat found its lease taken over: never start it
+    bool handed_back = false;  // given back unstarted (work is stopping)
 };
 
 // What work's threads share. Counters only rise.
@@ -139,7 +142,9 @@ class Worker {
     void run() {
         while (!state_.stop.load()) {
             wakeup_.woken = false;
+            const auto asked = SteadyClock::now();
             std::vector<Job> jobs = dequeue();
+            lease_until_ = asked + options_.lease;
             // The batch's leases were set by the dequeue: the next
             // heartbeat is due a third of a lease from now, whichever job
             // is running then (jobs shorter than that never beat alone).
@@ -236,9 +241,10 @@ class Worker {
     // whose lease is gone) and set the next beat; false when job
     // `current`'s lease is gone.
     bool heartbeat(std::vector<Job> &jobs, std::size_t current) {
+        const auto asked = SteadyClock::now();
         pqxx::nontransaction tx(conn_);
         for (std::size_t i = current; i < jobs.size(); i++) {
-            if (jobs[i].gone)
+            if (jobs[i].gone || jobs[i].handed_back)
                 continue;
             auto r = tx.exec_params(
                 "SELECT lockext.extend($1::text, $2::bigint, $3::bigint, $4::interval)",
@@ -246,6 +252,7 @@ class Worker {
             jobs[i].gone = r[0][0].is_null();
         }
         beat_at_ = std::chrono::steady_clock::now() + beat();
+        lease_until_ = asked + options_.lease;
         return !jobs[current].gone;
     }
 
@@ -259,14 +266,59 @@ class Worker {
             .as<bool>();
     }
 
-    // Give back jobs[from..] (a batch cut short by a stop), none of them started.
-    void hand_back(const std::vector<Job> &jobs, std::size_t from) {
+    // Give back jobs[from..] (a batch cut short by a stop), none of them
+    // started, each once.
+    void hand_back(std::vector<Job> &jobs, std::size_t from) {
         for (std::size_t i = from; i < jobs.size(); i++) {
+            if (jobs[i].handed_back)
+                continue;
+            jobs[i].handed_back = true;
             if (!jobs[i].gone && requeue(jobs[i]))
                 state_.requeued++;
             else
                 state_.lost++;
         }
+    }
+
+    // Stop job i's command: SIGTERM to its group, SIGKILL after --kill-grace.
+    // Meanwhile the batch's leases are still extended (when `beat`), so no
+    // other worker is handed the job while its command still runs; the
+    // SIGKILL comes sooner if the lease is lost, or (without beats) before
+    // the lease runs out by the local clock. Returns the command's status;
+    // a heartbeat's exception is rethrown once the command is gone.
+    int stop_command(Child &child, std::vector<Job> &jobs, std::size_t i, bool beat) {
+        child.signal(SIGTERM);
+        auto kill_at = SteadyClock::now() + options_.kill_grace;
+        if (!beat)
+            kill_at = std::min(kill_at, lease_until_);
+        std::exception_ptr error;
+        // Never a negative timeout: poll() would wait forever.
+        auto slice = [&] {
+            const auto to_kill = std::chrono::ceil<milliseconds>(kill_at - SteadyClock::now());
+            return std::max(
+                milliseconds(0),
+                std::min({to_kill, beat ? until_beat() : milliseconds(100), milliseconds(100)}));
+        };
+        while (!child.wait_for(slice())) {
+            if (SteadyClock::now() >= kill_at)
+                break;
+            if (!beat || until_beat() > milliseconds(0))
+                continue;
+            try {
+                if (!heartbeat(jobs, i))
+                    break;  // taken over already: no more grace
+            } catch (...) {
+                error = std::current_exception();
+                beat = false;
+                kill_at = std::min(kill_at, lease_until_);
+            }
+        }
+        child.signal(SIGKILL);  // nothing if it has exited (not reaped yet: still ours)
+        const int status = child.reap();
+        child.kill_leftovers();
+        if (error)
+            std::rethrow_exception(error);
+        return status;
     }
 
     // Time left until the next heartbeat (zero when it is due).
@@ -299,35 +351,54 @@ class Worker {
                       << " ran out before its turn in the batch; not started\n";
             return;
         }
-        {
-            Child child(options_.command, env, &job.payload, true);
-            state_.running++;
-            try {
-                // Slices of at most 100 ms, only so that an abort is seen promptly.
-                while (!child.wait_for(std::min(until_beat(), milliseconds(100)))) {
-                    if (state_.abort.load()) {
-                        aborted = true;
-                        break;
-                    }
-                    if (until_beat() > milliseconds(0))
-                        continue;
-                    if (!heartbeat(jobs, i)) {
-                        lost = true;
-                        std::cerr << "lockctl: the lease on job " << job.id
-                                  << " ran out; stopping its command\n";
-                        break;
-                    }
-                }
-            } catch (...) {
-                // The lease can no longer be extended: stop the command as
-                // for a lost lease, with its grace, before work ends (69).
-                (void)child.terminate(options_.kill_grace);
-                state_.running--;
-                throw;
-            }
-            status = lost || aborted ? child.terminate(options_.kill_grace) : child.reap();
-            state_.running--;
+        std::optional<Child> child;
+        try {
+            child.emplace(options_.command, env, &job.payload, true);
+        } catch (...) {
+            hand_back(jobs, i);  // not run (126, 127): work ends, the jobs go back
+            throw;
         }
+        state_.running++;
+        try {
+            // Slices of at most 100 ms, only so that a stop or abort is seen promptly.
+            while (!child->wait_for(std::min(until_beat(), milliseconds(100)))) {
+                if (state_.stop.load())
+                    hand_back(jobs, i + 1);  // at once, not after this job
+                if (state_.abort.load()) {
+                    aborted = !child->wait_for(milliseconds(0));  // it may just have ended
+                    break;
+                }
+                if (until_beat() > milliseconds(0))
+                    continue;
+                if (!heartbeat(jobs, i)) {
+                    lost = true;
+                    std::cerr << "lockctl: the lease on job " << job.id
+                              << " ran out; stopping its command\n";
+                    break;
+                }
+            }
+            if (lost)
+                status = child->terminate(options_.kill_grace);
+            else if (aborted)
+                status = stop_command(*child, jobs, i, true);
+            else
+                status = child->reap();
+        } catch (...) {
+            // The lease can no longer be extended (a database error): the
+            // other workers stop taking jobs, and this command is stopped
+            // before the lease runs out; work then ends with 69.
+            state_.stop.store(true);
+            if (!child->reaped()) {
+                try {
+                    (void)stop_command(*child, jobs, i, false);
+                } catch (...) {
+                    // The first error is the one work reports.
+                }
+            }
+            state_.running--;
+            throw;
+        }
+        state_.running--;
         if (lost) {
             state_.lost++;
             return;
@@ -368,6 +439,9 @@ class Worker {
     WorkState &state_;
     // When the current batch's leases are next extended.
     std::chrono::steady_clock::time_point beat_at_;
+    // When they run out, by the local clock, unless extended (measured from
+    // before the dequeue or heartbeat that set them).
+    std::chrono::steady_clock::time_point lease_until_;
     pqxx::connection conn_;
     Wakeup wakeup_;
 };

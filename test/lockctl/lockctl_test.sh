@@ -70,6 +70,16 @@ await_holder() {
     return 1
 }
 
+# Wait (up to 10 s) until file $1 holds a pid.
+await_pid_file() {
+    for _ in $(seq 200); do
+        grep -qE '^[0-9]+$' "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "    no pid in $1" >&2
+    return 1
+}
+
 # Wait (up to 10 s) until file $1 exists.
 await_file() {
     for _ in $(seq 200); do
@@ -224,16 +234,20 @@ check "and the lock is released" same "$(sql "SELECT count(*) FROM lockext.holde
 # holder).
 "$LOCKCTL" run orphan -- sh -c 'echo $$ > "$0"; while :; do sleep 0.1; done' "$WORK/orphan.pid" &
 orphan=$!
-await_file "$WORK/orphan.pid"
+await_pid_file "$WORK/orphan.pid"
 await_holder orphan
 kill -KILL "$orphan"
 wait "$orphan" 2>/dev/null
-# Whether the process whose pid is in file $1 is gone within 2 s.
+# Whether the process whose pid is in file $1 is gone (or a zombie, which
+# init may be slow to reap in a container) within 2 s.
 pid_gone() {
+    local state
     for _ in $(seq 40); do
-        kill -0 "$(cat "$1")" 2>/dev/null || return 0
+        state=$(awk '{ print $3 }' "/proc/$(cat "$1")/stat" 2>/dev/null)
+        [ -z "$state" ] || [ "$state" = Z ] && return 0
         sleep 0.05
     done
+    echo "    process $(cat "$1") is still running" >&2
     return 1
 }
 check "a command does not outlive a lockctl killed with SIGKILL" pid_gone "$WORK/orphan.pid"
@@ -410,19 +424,56 @@ check "and was completed; the other two were given back, attempt not counted" \
 aborter=$!
 await_file "$WORK/abort.log"
 kill -TERM "$aborter"
-sleep 0.3
-kill -TERM "$aborter"
+# Signals sent close together may merge into one: send again until the job
+# reports its SIGTERM (at most 10 s).
+for _ in $(seq 50); do
+    sleep 0.2
+    grep -q terminated "$WORK/abort.log" && break
+    kill -TERM "$aborter" 2>/dev/null
+done
 wait "$aborter"
 check "work stopped by a second SIGTERM exits 0" same "$?" 0
 check "its running job got SIGTERM" contains "$WORK/abort.log" '^terminated$'
 check "and was given back, not failed" \
     same "$(sql "SELECT string_agg(state || ':' || attempt || ':' || coalesce(last_error, '-'), ' ' ORDER BY id) FROM lockext.jobs WHERE queue = 'lockctl_stop'")" \
     "ready:0:- ready:0:-"
+# While an aborted job's command takes its grace to stop, its lease is
+# still extended: another worker (here with a lease shorter than the grace)
+# gets the job only after the command has ended and the job was given back.
+sql "SELECT lockext.create_queue('lockctl_grace', 1)" >/dev/null
+"$LOCKCTL" enqueue lockctl_grace --key g '{}' >/dev/null
+"$LOCKCTL" work lockctl_grace --lease 600ms --kill-grace 5s -- sh -c \
+    "echo start >> $WORK/grace.log; trap 'echo term >> $WORK/grace.log; sleep 1.5; echo end >> $WORK/grace.log; exit 0' TERM; while :; do sleep 0.1; done" \
+    2>/dev/null &
+slow=$!
+await_file "$WORK/grace.log"
+"$LOCKCTL" work lockctl_grace --lease 600ms -- sh -c "echo start >> $WORK/grace.log" 2>/dev/null &
+other=$!
+sleep 0.2
+kill -TERM "$slow"
+for _ in $(seq 50); do
+    sleep 0.2
+    grep -q term "$WORK/grace.log" && break
+    kill -TERM "$slow" 2>/dev/null
+done
+wait "$slow"
+for _ in $(seq 100); do
+    [ "$(sql "SELECT count(*) FROM lockext.jobs WHERE queue = 'lockctl_grace'")" = 0 ] && break
+    sleep 0.1
+done
+kill -TERM "$other"
+wait "$other"
+check "a job is not handed to another worker while its aborted command stops" \
+    same "$(tr '\n' ' ' <"$WORK/grace.log")" "start term end start "
+check "and the other worker then completed it" \
+    same "$(sql "SELECT count(*) FROM lockext.jobs WHERE queue = 'lockctl_grace'")" 0
+sql "SELECT lockext.drop_queue('lockctl_grace')" >/dev/null
+
 # work killed with SIGKILL: its running job is killed too.
 "$LOCKCTL" work lockctl_stop -- sh -c 'echo $$ > "$0"; while :; do sleep 0.1; done' \
     "$WORK/wjob.pid" 2>/dev/null &
 killed=$!
-await_file "$WORK/wjob.pid"
+await_pid_file "$WORK/wjob.pid"
 kill -KILL "$killed"
 wait "$killed" 2>/dev/null
 check "a job does not outlive a work process killed with SIGKILL" pid_gone "$WORK/wjob.pid"
