@@ -80,6 +80,18 @@ await_pid_file() {
     return 1
 }
 
+# Send SIGTERM to process $1 until file $2 has a line matching $3 (at most
+# 10 s): signals sent close together may merge into one.
+term_until() {
+    kill -TERM "$1"
+    for _ in $(seq 50); do
+        sleep 0.2
+        grep -q "$3" "$2" && return 0
+        kill -TERM "$1" 2>/dev/null
+    done
+    return 1
+}
+
 # Wait (up to 10 s) until file $1 exists.
 await_file() {
     for _ in $(seq 200); do
@@ -423,14 +435,7 @@ check "and was completed; the other two were given back, attempt not counted" \
     2>"$WORK/abort.err" &
 aborter=$!
 await_file "$WORK/abort.log"
-kill -TERM "$aborter"
-# Signals sent close together may merge into one: send again until the job
-# reports its SIGTERM (at most 10 s).
-for _ in $(seq 50); do
-    sleep 0.2
-    grep -q terminated "$WORK/abort.log" && break
-    kill -TERM "$aborter" 2>/dev/null
-done
+term_until "$aborter" "$WORK/abort.log" terminated
 wait "$aborter"
 check "work stopped by a second SIGTERM exits 0" same "$?" 0
 check "its running job got SIGTERM" contains "$WORK/abort.log" '^terminated$'
@@ -450,12 +455,7 @@ await_file "$WORK/grace.log"
 "$LOCKCTL" work lockctl_grace --lease 600ms -- sh -c "echo start >> $WORK/grace.log" 2>/dev/null &
 other=$!
 sleep 0.2
-kill -TERM "$slow"
-for _ in $(seq 50); do
-    sleep 0.2
-    grep -q term "$WORK/grace.log" && break
-    kill -TERM "$slow" 2>/dev/null
-done
+term_until "$slow" "$WORK/grace.log" term
 wait "$slow"
 for _ in $(seq 100); do
     [ "$(sql "SELECT count(*) FROM lockext.jobs WHERE queue = 'lockctl_grace'")" = 0 ] && break
