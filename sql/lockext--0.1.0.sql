@@ -408,8 +408,8 @@ BEGIN
     PERFORM @extschema@._require_queue(q);
     PERFORM @extschema@._check_interval(coalesce(fail.retry_in, interval '0'), 'retry_in', true);
     DELETE FROM @extschema@.jobs j
-     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running'
-       AND j.attempt >= j.max_attempts
+     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token
+       AND j.state = (SELECT 'running'::text) AND j.attempt >= j.max_attempts
     RETURNING j.* INTO gone;
     IF FOUND THEN
         PERFORM @extschema@._bury(q, ARRAY[gone], fail.error);
@@ -421,7 +421,8 @@ BEGIN
        SET state = 'delayed', token = NULL, lease_expires_at = NULL, worker = NULL,
            last_error = fail.error,
            run_at = now() + coalesce(fail.retry_in, @extschema@.backoff(j.attempt))
-     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token AND j.state = 'running';
+     WHERE j.queue = q AND j.id = fail.id AND j.token = fail.token
+       AND j.state = (SELECT 'running'::text);
     RETURN CASE WHEN FOUND THEN 'retry' END;
 END $$;
 
@@ -436,7 +437,7 @@ BEGIN
     PERFORM @extschema@._check_interval(extend.lease, 'lease', false);
     UPDATE @extschema@.jobs j SET lease_expires_at = clock_timestamp() + extend.lease
      WHERE j.queue = extend.queue AND j.id = extend.id AND j.token = extend.token
-       AND j.state = 'running'
+       AND j.state = (SELECT 'running'::text)
     RETURNING j.lease_expires_at INTO expires;
     RETURN expires;
 END $$;
@@ -479,7 +480,8 @@ BEGIN
     UPDATE @extschema@.jobs j
        SET state = 'ready', attempt = j.attempt - 1, token = NULL, lease_expires_at = NULL,
            worker = NULL, run_at = least(j.run_at, now())
-     WHERE j.queue = q AND j.id = requeue.id AND j.token = requeue.token AND j.state = 'running';
+     WHERE j.queue = q AND j.id = requeue.id AND j.token = requeue.token
+       AND j.state = (SELECT 'running'::text);
     IF NOT FOUND THEN
         RETURN false;
     END IF;
@@ -493,7 +495,10 @@ END $$;
 -- partition pruning by queue at execution, so no call pays for planning.
 -- Queue tables churn faster than statistics follow (an empty table at the
 -- first call looks tiny forever), so the plans are told to use the indexes:
--- every statement here is a point or range lookup on one of them.
+-- every statement here is a point or range lookup on one of them. Lookups
+-- by id test the state against a sub-select, which no partial index's
+-- predicate matches: with such statistics the planner otherwise reads the
+-- whole lease index, dead entries and all, for one id (see src/queue_ops.cpp).
 ALTER FUNCTION @extschema@._promote_delayed(text)
     SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
     SET search_path = pg_catalog, pg_temp;
