@@ -318,7 +318,7 @@ BEGIN
             SELECT d.id FROM @extschema@.jobs d
              WHERE d.queue = q AND d.state = 'delayed' AND d.run_at <= now()
              ORDER BY d.run_at LIMIT 1000 FOR UPDATE SKIP LOCKED))
-       AND j.state = 'delayed';
+       AND j.state = (SELECT 'delayed'::text);
 END $$;
 
 -- Jobs whose lease ran out (dequeue's rare path): those out of attempts die,

@@ -25,18 +25,23 @@
 //   (database, 64-bit hash of queue and key), transaction scope, tagged
 //   kKeyLockTag so it never meets a user's advisory lock. Several keys are
 //   locked in hash order. Above the key locks is the queue lock (same
-//   scope, kQueueLockTag, hash of the queue name): a transaction takes it
-//   in ShareLock mode before its first key lock of the queue, and once its
-//   key locks would pass key_lock_budget() it takes the queue lock in
-//   ExclusiveLock mode instead, which stands for every key lock of the
-//   queue (no other transaction can then hold one), and takes no more key
-//   locks there. So a bulk transaction holds a bounded number of locks and
-//   cannot fill the server's lock table; it serialises with every other
-//   writer of the queue's keys instead. Waiting for the ExclusiveLock can
-//   close a cycle with a transaction that holds the ShareLock and waits for
-//   something the escalating one holds (two escalating at once, say):
-//   PostgreSQL's deadlock detector then cancels one (40P01), as for key
-//   locks taken across calls in opposite orders. Row locks on running jobs (the DELETE of a
+//   scope, kQueueLockTag, hash of the queue name): a call takes it in
+//   ShareLock mode right after the key locks it took, and before it reads
+//   or changes the keys' lines. Once a transaction's key locks would pass
+//   key_lock_budget() (only keys it does not hold yet count), it takes the
+//   queue lock in ExclusiveLock mode instead, which stands for every key
+//   lock of the queue, and takes no more key locks there: every other
+//   writer of the queue's lines is then either done with its call (it
+//   holds the ShareLock: we wait for its commit) or will wait for the
+//   ShareLock before it reads a line (it may hold the key lock meanwhile,
+//   which we no longer need). So a bulk transaction holds a bounded number
+//   of locks and cannot fill the server's lock table; it serialises with
+//   the queue's other writers instead. The ShareLock comes after the keys
+//   so that a writer waiting for one of the escalating transaction's keys
+//   holds no ShareLock it waits for; a transaction that took the ShareLock
+//   in an earlier call and waits for such a key in a later one can still
+//   close a cycle (40P01, as key locks taken across calls in opposite
+//   orders can). Row locks on running jobs (the DELETE of a
 //   finished job) are taken before its key lock; a waiting job's row is
 //   locked only under its key lock (promotion). While holding the key lock,
 //   a transaction reads the key's jobs with the latest snapshot, not its
@@ -181,17 +186,21 @@ const char *stmt_sql(int stmt) {
             // runs), so every live job of the key comes after it. Starting
             // the scan there also steps over the dead entries of the key's
             // finished jobs, which after heavy churn outnumber its live ones
-            // until vacuum. ORDER BY key, id (the key is a column of the
-            // outer row, so not a constant) is an order only the (key, id)
-            // index gives: the planner cannot pick the id index and filter
-            // on the key, reading every later job of the leaf. The heads are
-            // found first (an InitPlan), then updated by id.
+            // until vacuum. The next row after (key, after) in (key, id)
+            // order is found with a row comparison and no equality on the
+            // key (an equality would make the key a constant of the order):
+            // that order only the (key, id) index gives, so the planner
+            // cannot pick the id index and filter on the key, reading every
+            // later job of the leaf. The row found belongs to the key or the
+            // key has no next job. The heads are found first (an InitPlan),
+            // then updated by id.
             return "UPDATE lockext.%1$s j "
                    "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
                    "WHERE j.id = ANY (ARRAY(SELECT head.id FROM unnest($1, $2) AS ks(key, after) "
-                   "CROSS JOIN LATERAL (SELECT w.id, w.state FROM lockext.%1$s w "
-                   "WHERE w.key = ks.key AND w.id > ks.after ORDER BY w.key, w.id LIMIT 1) head "
-                   "WHERE head.state = 'waiting')) AND j.state = 'waiting'";
+                   "CROSS JOIN LATERAL (SELECT w.id, w.key, w.state FROM lockext.%1$s w "
+                   "WHERE w.key IS NOT NULL AND (w.key, w.id) > (ks.key, ks.after) "
+                   "ORDER BY w.key, w.id LIMIT 1) head "
+                   "WHERE head.key = ks.key AND head.state = 'waiting')) AND j.state = 'waiting'";
         case kExpired:
             return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
         case kPromoteDue:
@@ -508,28 +517,40 @@ void lock_keys(const char *queue, const Datum *keys, const bool *nulls, int n) {
         if (nulls == nullptr || !nulls[i])
             hashes[m++] = key_hash(queue, keys[i]);
     qsort(hashes, m, sizeof(uint64), compare_hash);
-    int distinct = 0;
-    for (int i = 0; i < m; i++)
-        if (i == 0 || hashes[i] != hashes[i - 1])
-            hashes[distinct++] = hashes[i];
+    // The keys this transaction does not hold yet, in hash order.
+    int fresh = 0;
+    for (int i = 0; i < m; i++) {
+        if (i > 0 && hashes[i] == hashes[i - 1])
+            continue;
+        LOCKTAG tag;
+        SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(hashes[i] >> 32),
+                             static_cast<uint32>(hashes[i]), kKeyLockTag);
+        if (!LockHeldByMe(&tag, ExclusiveLock))
+            hashes[fresh++] = hashes[i];
+    }
+    if (fresh == 0) {
+        pfree(hashes);
+        return;
+    }
     if (key_locks_xact != MyProc->lxid) {
         key_locks_xact = MyProc->lxid;
         key_locks_taken = 0;
     }
-    if (distinct > 0 && key_locks_taken + distinct > key_lock_budget()) {
+    if (key_locks_taken + fresh > key_lock_budget()) {
         (void)LockAcquire(&queue_tag, ExclusiveLock, false, false);
         pfree(hashes);
         return;
     }
-    if (distinct > 0)
-        (void)LockAcquire(&queue_tag, ShareLock, false, false);
-    for (int i = 0; i < distinct; i++) {
+    for (int i = 0; i < fresh; i++) {
         LOCKTAG tag;
         SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(hashes[i] >> 32),
                              static_cast<uint32>(hashes[i]), kKeyLockTag);
         (void)LockAcquire(&tag, ExclusiveLock, false, false);
     }
-    key_locks_taken += distinct;
+    // After the keys: a writer waiting for a key of a transaction that
+    // escalates must not hold the ShareLock that transaction waits for.
+    (void)LockAcquire(&queue_tag, ShareLock, false, false);
+    key_locks_taken += fresh;
     pfree(hashes);
 }
 

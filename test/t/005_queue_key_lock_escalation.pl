@@ -107,6 +107,34 @@ SELECT count(*) FROM lockext.queue_q WHERE key LIKE 'd%' AND state = 'ready';
 is($rc, 0, '3000 distinct keys fail for good in one transaction, and are redriven') or diag($err);
 is($out, "3000\n3000\n3000\n3000", 'every one died, came back and is ready');
 
+# A transaction that holds key locks and passes the budget while another
+# writer holding the queue's ShareLock waits for one of its keys: waiting
+# for the ExclusiveLock would be a deadlock (40P01 for one of them). It
+# takes more key locks instead, and both finish.
+$node->safe_psql('postgres', q{SELECT lockext.create_queue('dl')});
+$node->safe_psql('postgres', q{SELECT lockext.enqueue('dl', '{}', 'shared-key')});
+my ($dl_id, $dl_token) = split /\|/,
+  $node->safe_psql('postgres', q{SELECT id, token FROM lockext.dequeue('dl')});
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN');
+$holder->query_safe(q{SELECT lockext.enqueue('dl', '{}', 'shared-key')});
+my $waiter = $node->background_psql('postgres', on_error_stop => 0);
+$waiter->query_until(qr/sent/, "\\echo sent\nSELECT lockext.complete('dl', $dl_id, $dl_token);\n");
+$node->poll_query_until('postgres', q{
+SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 19537 AND NOT granted})
+  or die 'the completing transaction never waited for the key';
+my $failed;
+($out, $failed) = $holder->query(q{
+SELECT count(lockext.enqueue('dl', '{}', 'many' || g)) FROM generate_series(1, 1000) g});
+is("$out $failed", '1000 0', 'the holder went past its budget without a deadlock')
+  or diag($holder->{stderr});
+$holder->query_safe('COMMIT');
+$holder->quit;
+($out, $failed) = $waiter->query(q{SELECT 'after'});
+is("$out $failed", "t\nafter 0", 'and the waiting complete went through once it committed')
+  or diag($waiter->{stderr});
+$waiter->quit;
+
 # Below the budget nothing escalates: a worker's usual transaction takes
 # only its keys' locks, under the queue lock in ShareLock mode.
 ($rc, $out, $err) = $node->psql('postgres', qq{
