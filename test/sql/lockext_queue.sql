@@ -225,7 +225,9 @@ SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
 -- Same table state for every run: dead rows of the last run vacuumed.
 VACUUM lockext.jobs;
-CALL drain('baseline', 1500);
+CALL drain('baseline', 500);
+CALL drain('baseline', 500);
+CALL drain('baseline', 500);
 -- A stuck key: its head is running (never completed), 5,000 jobs behind it.
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[5000]), array_fill('stuck'::text, ARRAY[5000]));
@@ -233,16 +235,23 @@ SELECT count(*) AS stuck_head_taken FROM lockext.dequeue('orders', 1, '1 hour');
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
 VACUUM lockext.jobs;
-CALL drain('running', 1500);
+CALL drain('running', 500);
+CALL drain('running', 500);
+CALL drain('running', 500);
 -- The same key stuck retrying with backoff.
 SELECT lockext.fail('orders', id, token, 'slow down', '1 hour') FROM lockext.queue_orders WHERE state = 'running';
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
 VACUUM lockext.jobs;
-CALL drain('retrying', 1500);
+CALL drain('retrying', 500);
+CALL drain('retrying', 500);
+CALL drain('retrying', 500);
+-- Each phase drains in three slices; the fastest slice of each is compared,
+-- so that a moment of load on a shared machine does not decide the test.
+WITH best AS (SELECT label, min(seconds) AS seconds FROM drains GROUP BY label)
 SELECT r.seconds < 2 * b.seconds AS running_key_costs_others_nothing,
        t.seconds < 2 * b.seconds AS retrying_key_costs_others_nothing
-  FROM drains b, drains r, drains t
+  FROM best b, best r, best t
  WHERE b.label = 'baseline' AND r.label = 'running' AND t.label = 'retrying';
 SELECT count(*) AS stuck_jobs_untouched FROM lockext.queue_orders WHERE key = 'stuck';
 SELECT key, count(*) AS jobs FROM lockext.queue_orders GROUP BY key;
