@@ -231,9 +231,10 @@ check "force-release of a free lock exits 1" same "$?" 1
 # A SIGTERM sent to lockctl goes to the command, and the lock is released
 # once the command has ended.
 "$LOCKCTL" run forward -- sh -c \
-    "trap 'echo got-term >> $WORK/forward.log; exit 0' TERM; while :; do sleep 0.1; done" &
+    "trap 'echo got-term >> $WORK/forward.log; exit 0' TERM; touch $WORK/forward.up; while :; do sleep 0.1; done" &
 fwd=$!
 await_holder forward
+await_file "$WORK/forward.up"  # the trap is set
 kill -TERM "$fwd"
 wait "$fwd"
 rc=$?
@@ -560,6 +561,29 @@ rc=$?
 check "redis: a run whose lease was deleted exits 76" same "$rc" 76
 check "redis: its command got SIGTERM" contains "$WORK/rvictim.log" '^terminated$'
 check "redis: it noticed within a renewal period ($(($(now_ms) - t0)) ms)" test $(($(now_ms) - t0)) -lt 3000
+
+# A release that fails (the server stops answering as the command ends)
+# while the lease is still within its TTL: the section held to its end, so
+# lockctl exits with the command's status, says the release failed, and does
+# not wait for the server past its timeouts (the release, then the Lock's
+# destructor trying it once more on a new connection). The lease stays held
+# until its TTL runs out.
+t0=$(now_ms)
+LOCKEXT_URL="$LOCKEXT_REDIS_URL?timeout=300ms&connect_timeout=300ms" "$LOCKCTL" run rpaused \
+    --ttl 5s -- sh -c "redis-cli -p $redis_port CLIENT PAUSE 2500 ALL >/dev/null; exit 3" \
+    2>"$WORK/rpaused.err"
+rc=$?
+elapsed=$(($(now_ms) - t0))
+check "redis: a failed release within the TTL exits with the command's status" same "$rc" 3
+check "redis: and says the release failed" contains "$WORK/rpaused.err" "could not release 'rpaused'"
+check "redis: without waiting for the paused server ($elapsed ms)" test "$elapsed" -lt 2000
+# Once the pause is over, a try finds the lease still held.
+sleep "$(awk -v ms=$((t0 + 2800 - $(now_ms))) 'BEGIN { print (ms > 0 ? ms / 1000 : 0) }')"
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" run rpaused --wait 0 -- true 2>/dev/null
+check "redis: the unreleased lease is still held after the pause" same "$?" 75
+sleep "$(awk -v ms=$((t0 + 5500 - $(now_ms))) 'BEGIN { print (ms > 0 ? ms / 1000 : 0) }')"
+LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" run rpaused --wait 0 -- true 2>/dev/null
+check "redis: and free once its TTL has run out" same "$?" 0
 
 # What Redis cannot do is refused plainly, with status 78.
 LOCKEXT_URL=$LOCKEXT_REDIS_URL "$LOCKCTL" holders 2>"$WORK/rholders.err"
