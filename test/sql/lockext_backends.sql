@@ -14,6 +14,8 @@ CREATE FUNCTION await(sql text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE ok boolean;
 BEGIN
     FOR i IN 1..2000 LOOP
+        -- pg_stat_activity is read once per transaction unless cleared.
+        PERFORM pg_stat_clear_snapshot();
         EXECUTE sql INTO ok;
         IF ok THEN RETURN true; END IF;
         PERFORM pg_sleep(0.005);

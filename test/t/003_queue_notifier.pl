@@ -95,6 +95,7 @@ SELECT pg_terminate_backend(pid) FROM pg_stat_activity
  WHERE backend_type = 'lockext notifier' AND datname = 'app' \g /dev/null
 DO $$ BEGIN
     FOR i IN 1..500 LOOP
+        PERFORM pg_stat_clear_snapshot();  -- else read once per transaction
         EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity
                               WHERE backend_type = 'lockext notifier' AND datname = 'app');
         PERFORM pg_sleep(0.01);
