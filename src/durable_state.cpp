@@ -122,6 +122,11 @@ void write_state_releasing(LWLock *lock, std::int64_t token_mark, std::int64_t h
     { write_state(token_mark, horizon); }
     PG_CATCH();
     {
+        // errfinish() zeroed the interrupt holdoff count that LWLockAcquire
+        // raised; LWLockRelease lowers it again. Raise it first, as
+        // LWLockReleaseAll does, or the count goes negative and this
+        // backend ignores cancels and terminations until its next error.
+        HOLD_INTERRUPTS();
         LWLockRelease(lock);
         PG_RE_THROW();
     }

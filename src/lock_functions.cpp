@@ -230,8 +230,8 @@ void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
     ConditionVariableCancelSleep();
 }
 
-// After a grant or renewal: make it crash-safe, or release it (the safe
-// side: the holder learns at its next renew) and let the error go on.
+// After a grant: make it crash-safe, or release it and let the error go on
+// (the caller never sees the token, so nobody relies on the lease).
 void make_durable_or_release(const Key *key, const Result *r) {
     PG_TRY();
     { lockext_durable_ensure(r->token, r->expires_at); }
@@ -361,9 +361,19 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     Result r;
     for (;;) {
         LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        const auto horizon =
+            static_cast<lockext::Timestamp>(pg_atomic_read_u64(&lockext_shared->durable_horizon));
         r = lockext_shared->table->renew(key, token, ttl_us, max_ttl_us(), GetCurrentTimestamp(),
-                                         GetUserId(), privileged, lockext_wake_waiter, nullptr);
+                                         horizon, GetUserId(), privileged, lockext_wake_waiter,
+                                         nullptr);
         LWLockRelease(lockext_shared->table_lock);
+        if (r.outcome == Outcome::not_durable) {
+            // Write the longer horizon, then renew again. If the write
+            // fails, the error leaves the lease at the expiry it had: its
+            // holder was promised that one, so it must not end early.
+            lockext_durable_ensure(r.token, r.expires_at);
+            continue;
+        }
         if (r.outcome != Outcome::not_permitted)
             break;
         check_holder_role("renew", r.holder_role);
@@ -371,7 +381,6 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     }
     if (r.outcome != Outcome::granted)
         PG_RETURN_NULL();
-    make_durable_or_release(&key, &r);
     if (r.expires_at == lockext::kNever)
         PG_RETURN_TIMESTAMPTZ(DT_NOEND);
     PG_RETURN_TIMESTAMPTZ(r.expires_at);

@@ -546,21 +546,34 @@ std::int32_t LockTable::held_by(const Key &key, std::int64_t token, Timestamp no
 }
 
 // Extend a live lease; ttl_us < 0 keeps the granted TTL, capped at max_ttl_us
-// (the limit may have been lowered since the grant).
+// (the limit may have been lowered since the grant). An expiry past
+// `horizon` (what the state file covers) is refused unchanged: the caller
+// makes it durable first, so a failed write leaves the lease as it was
+// rather than ending a lease its holder was already promised.
 Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
-                        std::int64_t max_ttl_us, Timestamp now, std::uint32_t caller_role,
-                        bool privileged, WakeFn wake, void *ctx) noexcept {
+                        std::int64_t max_ttl_us, Timestamp now, Timestamp horizon,
+                        std::uint32_t caller_role, bool privileged, WakeFn wake,
+                        void *ctx) noexcept {
     Result r{};
     std::int32_t e;
     const std::int32_t h = held_by(key, token, now, caller_role, privileged, &e, &r);
     if (h < 0)
         return r;
     Holder &ho = holders()[h];
+    std::int64_t new_ttl = ho.req.ttl_us;
     if (ttl_us >= 0)
-        ho.req.ttl_us = ttl_us;
-    else if (ho.req.ttl_us > max_ttl_us)
-        ho.req.ttl_us = max_ttl_us;
-    ho.expires_at = expiry(now, ho.req.ttl_us);
+        new_ttl = ttl_us;
+    else if (new_ttl > max_ttl_us)
+        new_ttl = max_ttl_us;
+    const Timestamp new_expiry = expiry(now, new_ttl);
+    if (new_expiry != kNever && new_expiry > horizon) {
+        r.outcome = Outcome::not_durable;
+        r.token = ho.token;
+        r.expires_at = new_expiry;
+        return r;
+    }
+    ho.req.ttl_us = new_ttl;
+    ho.expires_at = new_expiry;
     ho.renewed_at = now;
     stats_.renewed++;
     // A shorter lease may now expire before the head planned to look again.

@@ -119,6 +119,7 @@ enum class Outcome : std::uint8_t {
     self_deadlock,  // the caller's own session/transaction lock blocks it
     not_held,       // (renew/release) the token no longer holds the lock
     not_permitted,  // (renew/release) the caller lacks the holder's role
+    not_durable,    // (renew) the new expiry (in expires_at) is past the horizon given
 };
 
 struct Result {
@@ -164,9 +165,10 @@ class LockTable {
     bool is_waiting(std::int32_t waiter) const noexcept;
 
     // Extend a live lease; ttl_us < 0 keeps the granted TTL, capped at max_ttl_us.
+    // A new expiry past `horizon` changes nothing and comes back as not_durable.
     Result renew(const Key &key, std::int64_t token, std::int64_t ttl_us, std::int64_t max_ttl_us,
-                 Timestamp now, std::uint32_t caller_role, bool privileged, WakeFn wake,
-                 void *ctx) noexcept;
+                 Timestamp now, Timestamp horizon, std::uint32_t caller_role, bool privileged,
+                 WakeFn wake, void *ctx) noexcept;
     // Release a live lease and hand the lock to the next waiters.
     Result release(const Key &key, std::int64_t token, Timestamp now, std::uint32_t caller_role,
                    bool privileged, WakeFn wake, void *ctx) noexcept;

@@ -126,7 +126,7 @@ BOOST_AUTO_TEST_CASE(the_new_head_is_woken_when_the_head_gives_up) {
     BOOST_REQUIRE(w3 == kNever);  // the holder has no TTL: sleep until signalled
     // The holder now gets a TTL that ends at 1200.
     BOOST_REQUIRE(
-        tb.t->renew(Table::key("n"), h.token, 100, kNever, 1100, 0, true, Table::wake, &tb)
+        tb.t->renew(Table::key("n"), h.token, 100, kNever, 1100, kNever, 0, true, Table::wake, &tb)
             .outcome == Outcome::granted);
     tb.woken.clear();
     BOOST_REQUIRE(tb.poll(2, 1150, 1150, &w2).outcome == Outcome::timed_out);
@@ -168,8 +168,35 @@ BOOST_AUTO_TEST_CASE(a_renewal_keeping_its_ttl_respects_a_lowered_maximum) {
     Table tb(4, 4);
     const Result h = tb.acquire("m", Mode::exclusive, Scope::lease, 3600, 1000, false, 0, 100);
     BOOST_REQUIRE(h.outcome == Outcome::granted);
-    Result r = tb.t->renew(Table::key("m"), h.token, -1, 7200, 2000, 0, true, Table::wake, &tb);
+    Result r =
+        tb.t->renew(Table::key("m"), h.token, -1, 7200, 2000, kNever, 0, true, Table::wake, &tb);
     BOOST_TEST(r.expires_at == 2000 + 3600);
-    r = tb.t->renew(Table::key("m"), h.token, -1, 60, 3000, 0, true, Table::wake, &tb);
+    r = tb.t->renew(Table::key("m"), h.token, -1, 60, 3000, kNever, 0, true, Table::wake, &tb);
     BOOST_TEST(r.expires_at == 3000 + 60);
+}
+
+// A renewal whose new expiry is past the durable horizon changes nothing
+// (the lease keeps its expiry and TTL, no waiter gets the lock) until it is
+// asked again with a horizon that covers it.
+BOOST_AUTO_TEST_CASE(a_renewal_past_the_durable_horizon_changes_nothing) {
+    Table tb(4, 4);
+    const Result h = tb.acquire("d", Mode::exclusive, Scope::lease, 100, 1000, false, 0, 100);
+    BOOST_REQUIRE(h.outcome == Outcome::granted);
+    BOOST_REQUIRE(tb.acquire("d", Mode::exclusive, Scope::lease, 100, 1000, true, 1, 101).outcome ==
+                  Outcome::waiting);
+    Result r =
+        tb.t->renew(Table::key("d"), h.token, 5000, kNever, 1050, 2000, 0, true, Table::wake, &tb);
+    BOOST_TEST((r.outcome == Outcome::not_durable));
+    BOOST_TEST(r.token == h.token);
+    BOOST_TEST(r.expires_at == 1050 + 5000);
+    // Still held until 1100, its old expiry: the waiter gets it only then.
+    Timestamp wake_at = 0;
+    BOOST_TEST((tb.poll(1, 1099, kNever, &wake_at).outcome == Outcome::waiting));
+    BOOST_TEST(wake_at == 1100);
+    r = tb.t->renew(Table::key("d"), h.token, -1, kNever, 1060, 2000, 0, true, Table::wake, &tb);
+    BOOST_TEST((r.outcome == Outcome::granted));
+    BOOST_TEST(r.expires_at == 1060 + 100);  // the TTL was not changed by the refused call
+    r = tb.t->renew(Table::key("d"), h.token, 5000, kNever, 1070, 7000, 0, true, Table::wake, &tb);
+    BOOST_TEST((r.outcome == Outcome::granted));
+    BOOST_TEST(r.expires_at == 1070 + 5000);
 }
