@@ -21,6 +21,11 @@ extern "C" {
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
+
+// From libpq/libpq.h (PostgreSQL 14 and later), declared here because that
+// header includes libpq-be.h, which needs the GSSAPI headers the server was
+// built with: a build dependency for one prototype.
+extern bool pq_check_connection(void);
 }
 
 #include "lockext/lock_shmem.hpp"
@@ -195,9 +200,26 @@ void abandon_wait(int waiter) {
     LWLockRelease(lockext_shared->table_lock);
 }
 
-// Sleep until waiter `waiter` is granted or `deadline` passes; no polling:
-// the sleep ends at a grant signal, the next expiry among the holders, or
-// the deadline, whichever comes first.
+// How often a waiting backend looks whether its client is still there.
+constexpr long kClientCheckMs = 1000;
+
+// End the backend (FATAL, as client_connection_check_interval does) when its
+// client has closed the connection: a waiter nobody will hear from must
+// leave the queue now, not be granted a lease that then lasts its TTL.
+void exit_if_client_gone() {
+    if (MyProcPort == nullptr)
+        return;  // a background worker: no client to lose
+    if (!pq_check_connection()) {
+        ClientConnectionLost = true;
+        InterruptPending = true;
+        CHECK_FOR_INTERRUPTS();
+    }
+}
+
+// Sleep until waiter `waiter` is granted or `deadline` passes; no polling
+// of the table: the sleep ends at a grant signal, the next expiry among the
+// holders, or the deadline, whichever comes first, and at least once a
+// second to see whether the client is still connected.
 void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
     ConditionVariable *cv = &lockext_shared->cvs[waiter];
     ConditionVariablePrepareToSleep(cv);
@@ -212,12 +234,13 @@ void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
             LWLockRelease(lockext_shared->table_lock);
             if (out->outcome != Outcome::waiting)
                 break;
-            long ms = -1;
+            long ms = kClientCheckMs;
             if (wake_at != lockext::kNever) {
                 const std::int64_t us = wake_at - now;
-                ms = us <= 0 ? 1 : static_cast<long>(Min((us + 999) / 1000, (std::int64_t)INT_MAX));
+                ms = us <= 0 ? 1 : static_cast<long>(Min((us + 999) / 1000, kClientCheckMs));
             }
             ConditionVariableTimedSleep(cv, ms, PG_WAIT_EXTENSION);
+            exit_if_client_gone();
         }
     }
     PG_CATCH();
