@@ -29,7 +29,7 @@ tests=("$@")
 TAP_DIR=$(mktemp -d /tmp/lockext-tap.XXXXXX)
 chmod 755 "$TAP_DIR"
 mkdir "$TAP_DIR/t"
-cp "${tests[@]}" "$TAP_DIR/t/"
+cp "${tests[@]}" "$LOCKEXT_ROOT"/test/t/*.pm "$TAP_DIR/t/"
 rel=()
 for t in "${tests[@]}"; do rel+=("t/$(basename "$t")"); done
 [ "$(id -u)" = 0 ] && chown -R "$(pg_os_user)": "$TAP_DIR"
@@ -40,7 +40,7 @@ rc=0
     PATH="$PGBIN:$PATH" \
     TESTDIR="$TAP_DIR" \
     PG_REGRESS="$PG_REGRESS_BIN" \
-    prove ${PROVE_FLAGS--v} -I "$PERL_TEST_LIB" "${rel[@]}" ) || rc=$?
+    prove ${PROVE_FLAGS--v} -I "$PERL_TEST_LIB" -I t "${rel[@]}" ) || rc=$?
 
 if [ "$rc" != 0 ]; then
     dump_logs

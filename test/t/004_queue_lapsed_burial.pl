@@ -10,20 +10,11 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('keylocks');
-$node->init;
+use LockextTap;
+
 # A lock table of max_locks_per_transaction x backends: a few hundred entries.
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'lockext'
-max_locks_per_transaction = 10
-max_connections = 10
-});
-$node->start;
-$node->safe_psql('postgres', q{
-CREATE EXTENSION lockext;
-SELECT lockext.create_queue('q');
-});
+my $node = lockext_node('keylocks', "max_locks_per_transaction = 10\nmax_connections = 10\n",
+	q{SELECT lockext.create_queue('q')});
 
 my ($rc, $out, $err);
 # 3,000 last attempts whose leases lapse together (their workers died).

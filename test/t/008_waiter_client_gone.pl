@@ -10,13 +10,11 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+
+use LockextTap;
 use Time::HiRes qw(time);
 
-my $node = PostgreSQL::Test::Cluster->new('gone');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'lockext'\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION lockext');
+my $node = lockext_node('gone');
 
 # Run one query and return its unaligned output (psql -At).
 sub q1
