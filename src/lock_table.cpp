@@ -358,6 +358,11 @@ Timestamp LockTable::next_expiry(const Entry &entry, Timestamp now) const noexce
 Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, bool may_wait,
                           std::int32_t waiter, WakeFn wake, void *ctx) noexcept {
     Result r{};
+    // A slot left busy by a backend that died before cleaning up must not be
+    // linked twice. Cleared before the entry is looked up: abandoning it may
+    // free the entry it waited on, which may be the one this call uses.
+    if (may_wait && waiters()[waiter].state != WaitState::idle)
+        abandon(waiter, now, wake, ctx);
     const std::uint32_t hash = hash_key(key);
     std::int32_t e = find_entry(key, hash);
     if (e >= 0) {
@@ -420,10 +425,6 @@ Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, boo
         r.outcome = Outcome::self_deadlock;
         return r;
     }
-    // A slot left busy by a backend that died before cleaning up must not be
-    // linked twice.
-    if (waiters()[waiter].state != WaitState::idle)
-        abandon(waiter, now, wake, ctx);
     Waiter &wa = waiters()[waiter];
     wa.state = WaitState::waiting;
     wa.since = now;

@@ -70,17 +70,26 @@ Datum holders_impl(FunctionCallInfo fcinfo) {
     ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
     LockTable *t = lockext_shared->table;
 
-    // Size the copy first; holders granted in between are left out, as a
-    // snapshot taken a moment earlier would have.
+    // Size the copy first (palloc must not run under the lock); when more
+    // slots are in use by the time of the copy and it filled up, it may have
+    // cut off any holder, so copy again into a buffer of the new size.
     LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
-    const std::int32_t used = t->slots_used();
+    std::int32_t room = Max(t->slots_used(), 1);
     LWLockRelease(lockext_shared->table_lock);
-    // Huge: a large lockext.max_locks can need more than 1 GB of rows.
-    HolderRow *rows = static_cast<HolderRow *>(
-        palloc_extended(sizeof(HolderRow) * Max(used, 1), MCXT_ALLOC_HUGE));
-    LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
-    const std::int32_t n = t->snapshot_holders(MyDatabaseId, GetCurrentTimestamp(), rows, used);
-    LWLockRelease(lockext_shared->table_lock);
+    HolderRow *rows = nullptr;
+    std::int32_t n = 0;
+    for (;;) {
+        // Huge: a large lockext.max_locks can need more than 1 GB of rows.
+        rows = static_cast<HolderRow *>(palloc_extended(sizeof(HolderRow) * room, MCXT_ALLOC_HUGE));
+        LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
+        n = t->snapshot_holders(MyDatabaseId, GetCurrentTimestamp(), rows, room);
+        const std::int32_t used = t->slots_used();
+        LWLockRelease(lockext_shared->table_lock);
+        if (n < room || used <= room)
+            break;
+        pfree(rows);
+        room = used;
+    }
 
     for (std::int32_t i = 0; i < n; i++) {
         const lockext::Holder &h = rows[i].holder;

@@ -200,3 +200,26 @@ BOOST_AUTO_TEST_CASE(a_renewal_past_the_durable_horizon_changes_nothing) {
     BOOST_TEST((r.outcome == Outcome::granted));
     BOOST_TEST(r.expires_at == 1070 + 5000);
 }
+
+// A waiter slot left busy by a backend that died before cleaning up (its
+// procno then reused): the new request clears it before it looks up the
+// name. Cleared later, the stale wait, granted by the reap of an expired
+// holder, was undone after the name's entry had been chosen, which freed
+// that entry, and the new request was queued on the freed entry.
+BOOST_AUTO_TEST_CASE(a_stale_waiter_slot_is_cleared_before_the_entry_is_used) {
+    Table tb(4, 4);
+    const Result h = tb.acquire("X", Mode::exclusive, Scope::lease, 100, 1000, false, 0, 100);
+    BOOST_REQUIRE(h.outcome == Outcome::granted);
+    BOOST_REQUIRE(tb.acquire("X", Mode::exclusive, Scope::lease, 100, 1000, true, 1, 101).outcome ==
+                  Outcome::waiting);
+    // Backend 101 is gone; backend 102 has its waiter slot. X's lease ran out at 1100.
+    const Result r = tb.acquire("X", Mode::exclusive, Scope::lease, 100, 2000, true, 1, 102);
+    BOOST_TEST((r.outcome == Outcome::granted));
+    BOOST_TEST(!tb.t->is_waiting(1));
+    BOOST_TEST(tb.t->slots_used() == 1);
+    // The table is sound: another name gets a slot, and X is released.
+    BOOST_TEST((tb.acquire("Y", Mode::exclusive, Scope::lease, 100, 2000, false, 2, 103).outcome ==
+                Outcome::granted));
+    BOOST_TEST(tb.release("X", r.token, 2001));
+    BOOST_TEST(tb.t->slots_used() == 1);
+}
