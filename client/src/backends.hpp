@@ -62,4 +62,42 @@ class ClockHint {
     static inline thread_local Steady::time_point hint_{};
 };
 
+// The time by which a backend call made on this thread must have returned,
+// set by the watchdog to the lease's local deadline for a renewal. A backend
+// that waits for the network gives up then (BackendUnavailable, not retried)
+// rather than block the watchdog, with every other lease's renewal behind
+// it, past the moment the lease may have ended: a renewal stuck on a dead
+// peer or a stalled server would otherwise keep a lost lease from being
+// reported until TCP gave up, minutes later.
+class CallDeadline {
+  public:
+    using Steady = std::chrono::steady_clock;
+
+    // The deadline set on this thread (max when none).
+    static Steady::time_point get() noexcept {
+        return deadline_;
+    }
+
+    // Sets the deadline for the backend calls made during its lifetime.
+    class Scope {
+      public:
+        // Set deadline, remembering the one it replaces.
+        explicit Scope(Steady::time_point deadline) noexcept : saved_(deadline_) {
+            deadline_ = deadline;
+        }
+        // Put back the previous deadline.
+        ~Scope() {
+            deadline_ = saved_;
+        }
+        Scope(const Scope &) = delete;
+        Scope &operator=(const Scope &) = delete;
+
+      private:
+        Steady::time_point saved_;
+    };
+
+  private:
+    static inline thread_local Steady::time_point deadline_ = Steady::time_point::max();
+};
+
 }  // namespace lockext::detail

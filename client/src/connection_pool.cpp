@@ -148,6 +148,10 @@ std::string pool_conninfo(std::string_view url, Pooling pooling) {
         add_default("keepalives_interval", "10");
         add_default("keepalives_count", "3");
     }
+    // Sent data that the server's host does not acknowledge (a dropped
+    // network, a vanished host) fails the call in 30 s, not after the
+    // kernel's retransmissions, which take about a quarter of an hour.
+    add_default("tcp_user_timeout", "30000");
     add_default("fallback_application_name", "lockext");
     // Lock waits are bounded by LockOptions::wait; a server-wide
     // statement_timeout would cut them short with a confusing cancel.
@@ -423,6 +427,8 @@ namespace {
 
 // A libpq failure as a lockext error.
 void throw_mapped(const PgFailure &failure, const std::string &db) {
+    if (failure.timed_out)
+        throw BackendUnavailable("PostgreSQL: " + failure.message);
     throw_for_sqlstate(failure.sqlstate, failure.message, failure.lost, db);
 }
 

@@ -161,6 +161,7 @@ struct PgFailure {
     std::string sqlstate;
     std::string message;
     bool lost = false;
+    bool timed_out = false;  // no reply by the call's deadline (the connection is unusable)
 };
 
 // Frees a PGresult.

@@ -264,6 +264,8 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
     LostNotice notice;
     bool failed = false;
     try {
+        // A reply after the deadline could not keep the lease anyway.
+        const CallDeadline::Scope bound(deadline);
         const auto expiry = core->backend().renew(lease, ttl);
         MutexLock lock(mu);
         if (expiry) {

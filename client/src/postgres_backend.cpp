@@ -37,6 +37,10 @@
 // Thread safety: the backend's own fields are set before it is shared (in
 // make_postgres_backend) and never change after; all mutable state is the
 // pool's (connection_pool.hpp).
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdint>
@@ -232,18 +236,67 @@ std::int64_t text_int(const PGresult *r, int row, int col) {
     return v;
 }
 
+// Wait until conn has read what the next PQgetResult needs, or deadline;
+// PgFailure (the connection is to be dropped) when it breaks or time is up.
+void await_reply(PGconn *conn, CallDeadline::Steady::time_point deadline) {
+    while (PQisBusy(conn) != 0) {
+        const auto left = deadline - CallDeadline::Steady::now();
+        if (left <= CallDeadline::Steady::duration::zero()) {
+            PgFailure f;
+            f.lost = true;
+            f.timed_out = true;
+            f.message = "no reply before the lease's local deadline; the connection is dropped";
+            throw f;
+        }
+        const auto ms = std::chrono::ceil<milliseconds>(left).count();
+        pollfd fd{PQsocket(conn), POLLIN, 0};
+        const int rc = ::poll(&fd, 1, static_cast<int>(std::min<std::int64_t>(ms, 60000)));
+        if ((rc < 0 && errno != EINTR) || (rc > 0 && PQconsumeInput(conn) == 0)) {
+            PgFailure f = pg_failure(conn, nullptr);
+            f.lost = true;
+            throw f;
+        }
+    }
+}
+
 // Run a statement with binary parameters and binary results: the prepared
 // one, or through a transaction pooler the unnamed one, parsed with every
 // call (a named statement lives on one server connection, and the pooler
 // may send the next call to another); throws PgFailure unless it returned rows.
+// Under a CallDeadline it waits for the reply only until then.
 PgResult exec_statement(PGconn *conn, Pooling pooling, const Statement &st,
                         const char *const *values, const int *lengths) {
     static constexpr int kBinary[6] = {1, 1, 1, 1, 1, 1};
-    PGresult *r =
+    const auto deadline = CallDeadline::get();
+    if (deadline == CallDeadline::Steady::time_point::max()) {
+        PGresult *r =
+            pooling == Pooling::none
+                ? PQexecPrepared(conn, st.name, st.params, values, lengths, kBinary, 1)
+                : PQexecParams(conn, st.sql, st.params, st.types, values, lengths, kBinary, 1);
+        return pg_checked(conn, r, PGRES_TUPLES_OK);
+    }
+    const int sent =
         pooling == Pooling::none
-            ? PQexecPrepared(conn, st.name, st.params, values, lengths, kBinary, 1)
-            : PQexecParams(conn, st.sql, st.params, st.types, values, lengths, kBinary, 1);
-    return pg_checked(conn, r, PGRES_TUPLES_OK);
+            ? PQsendQueryPrepared(conn, st.name, st.params, values, lengths, kBinary, 1)
+            : PQsendQueryParams(conn, st.sql, st.params, st.types, values, lengths, kBinary, 1);
+    if (sent != 1) {
+        PgFailure f = pg_failure(conn, nullptr);
+        f.lost = true;
+        throw f;
+    }
+    // As PQexec: read every result, keep the first.
+    PgResult first;
+    for (;;) {
+        await_reply(conn, deadline);
+        PGresult *r = PQgetResult(conn);
+        if (r == nullptr)
+            break;
+        if (!first)
+            first.reset(r);
+        else
+            PQclear(r);
+    }
+    return pg_checked(conn, first.release(), PGRES_TUPLES_OK);
 }
 
 // A server time in microseconds since the epoch, as a time_point.
@@ -343,10 +396,20 @@ class PostgresBackend final : public Backend {
         const Int8Param token(lease.token);
         const char *values[] = {lease.name.data(), token.bytes};
         const int lengths[] = {static_cast<int>(lease.name.size()), 8};
+        int tries = 0;
         PgResult r = call(true, [&](PGconn *conn) {
+            ++tries;
             return exec_statement(conn, pooling_, kRelease, values, lengths);
         });
-        return get_bool(r.get(), 0, 0);
+        const bool held = get_bool(r.get(), 0, 0);
+        // The first try's connection broke, perhaps after the server had
+        // released the lease: "not held" from the retry may be our own
+        // release, so it says nothing about whether the lease was still ours.
+        if (!held && tries > 1)
+            throw BackendUnavailable(
+                "PostgreSQL connection lost during the release of '" + lease.name +
+                "'; the lease is gone now, but whether it was still held is unknown");
+        return held;
     }
 
     // lockext.holders with each name's waiter count from lockext.waiters.
@@ -456,7 +519,8 @@ class PostgresBackend final : public Backend {
                 if (!f.lost)
                     throw_mapped(f, db_);
                 handle.discard();
-                if (!(idempotent && handle.reused() && attempt == 0))
+                // Past the deadline a retry could only time out again.
+                if (!(idempotent && handle.reused() && attempt == 0 && !f.timed_out))
                     throw_mapped(f, db_);
             }
         }

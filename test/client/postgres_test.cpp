@@ -13,6 +13,7 @@
 #define BOOST_TEST_DYN_LINK
 #include <boost/test/unit_test.hpp>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -372,6 +373,40 @@ BOOST_AUTO_TEST_CASE(lease_survives_killed_connections) {
     BOOST_CHECK_EQUAL(count_in("holders", name), 0);
 }
 
+// A release whose connection breaks during the call is sent again on a new
+// one; if that finds the lease gone, the first may have released it before
+// the break, so release() cannot say whether it was still held: it throws
+// BackendUnavailable rather than report "not held" (which lockctl turns into
+// "the lease had run out"). Here the server process is stopped with the
+// release in its socket, the lease is force-released, and the process is
+// terminated as it resumes (before it reads the release).
+BOOST_AUTO_TEST_CASE(a_retried_release_that_finds_nothing_is_unknown) {
+    auto manager = lockext::connect(with_params(test_url(), "application_name=lockext_relretry"));
+    const std::string name = fresh_name("relretry");
+    lockext::LockOptions o = opts(10s);
+    o.auto_renew = false;
+    lockext::Lock lock = manager->acquire(name, o);
+    const pqxx::result pids =
+        sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'lockext_relretry'");
+    BOOST_REQUIRE_EQUAL(pids.size(), 1u);
+    const int pid = pids[0][0].as<int>();
+    BOOST_REQUIRE(::kill(pid, SIGSTOP) == 0);
+    auto release = std::async(std::launch::async, [&] { return lock.release(); });
+    std::this_thread::sleep_for(300ms);  // the release is in the stopped process's socket
+    sql("SELECT lockext.force_release(" + lit(name) + ")");
+    sql("SELECT pg_terminate_backend(" + std::to_string(pid) + ")");
+    BOOST_REQUIRE(::kill(pid, SIGCONT) == 0);
+    BOOST_CHECK_EXCEPTION(release.get(), lockext::BackendUnavailable,
+                          [](const lockext::BackendUnavailable &e) {
+                              return std::string(e.what()).find("unknown") != std::string::npos;
+                          });
+    BOOST_CHECK(!lock.release());
+    // With the connection intact, "not held" is an answer.
+    lockext::Lock other = manager->acquire(name, o);
+    sql("SELECT lockext.force_release(" + lit(name) + ")");
+    BOOST_CHECK(!other.release());
+}
+
 // While the server refuses the client, calls fail with BackendUnavailable
 // (a try at once, a wait when its wait runs out); afterwards all is well.
 BOOST_AUTO_TEST_CASE(outage_surfaces_as_backend_unavailable) {
@@ -448,6 +483,46 @@ BOOST_AUTO_TEST_CASE(outage_shorter_than_ttl_keeps_the_lease) {
     BOOST_CHECK_EQUAL(server[0][0].as<std::int64_t>(), lock.token());
     BOOST_CHECK_GT(server[0][1].as<std::int64_t>(), epoch_us(initial));
     BOOST_CHECK(lock.release());
+}
+
+// A renewal that gets no reply (the server processes serving the client
+// are stopped, as a stalled server or a network that drops packets would
+// leave them) is cut off at the lease's local deadline: the watchdog reports
+// the lease lost in time instead of waiting for TCP to give up.
+BOOST_AUTO_TEST_CASE(a_renewal_without_reply_is_reported_lost_at_the_deadline) {
+    auto manager = lockext::connect(role_url());
+    const std::string name = fresh_name("stalled");
+    lockext::Lock lock = manager->acquire(name, opts(1500ms));
+    std::promise<void> lost;
+    std::atomic<int> calls{0};
+    lock.on_lost([&] {
+        if (calls.fetch_add(1) == 0)
+            lost.set_value();
+    });
+    std::vector<int> stopped;
+    // Let the stopped server processes go on, whatever the checks say.
+    struct Resume {
+        std::vector<int> &pids;
+        // Send SIGCONT to every stopped process.
+        ~Resume() {
+            for (int pid : pids)
+                (void)::kill(pid, SIGCONT);
+        }
+    } resume{stopped};
+    const auto started = Clock::now();
+    for (const auto &row :
+         sql(std::string("SELECT pid FROM pg_stat_activity WHERE usename = '") + kRole + "'")) {
+        const int pid = row[0].as<int>();
+        BOOST_REQUIRE_MESSAGE(::kill(pid, SIGSTOP) == 0, "could not stop server process " << pid);
+        stopped.push_back(pid);
+    }
+    BOOST_REQUIRE(!stopped.empty());
+    // The first renewal is due at ttl/3 (0.5 s); the local deadline is a
+    // little under the ttl (1.5 s).
+    BOOST_CHECK(lost.get_future().wait_until(started + 3s) == std::future_status::ready);
+    BOOST_CHECK(!lock.is_held());
+    BOOST_CHECK(lock.lost_token().stop_requested());
+    BOOST_CHECK_EQUAL(calls.load(), 1);
 }
 
 // connect() fails with BackendUnavailable when the server cannot be reached
