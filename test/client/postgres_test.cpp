@@ -92,6 +92,20 @@ lockext::LockOptions opts(std::chrono::milliseconds ttl, std::chrono::millisecon
     return o;
 }
 
+// Counts a lock's on_lost calls; `first` is ready at the first.
+struct LossWatch {
+    std::promise<void> first;
+    std::atomic<int> calls{0};
+
+    // Watch lock (which must not outlive this).
+    explicit LossWatch(lockext::Lock &lock) {
+        lock.on_lost([this] {
+            if (calls.fetch_add(1) == 0)
+                first.set_value();
+        });
+    }
+};
+
 // The role whose logins the outage tests switch off.
 constexpr const char *kRole = "lockext_client_test";
 constexpr const char *kRolePassword = "lockext_client_test_pw";
@@ -434,21 +448,16 @@ BOOST_AUTO_TEST_CASE(outage_longer_than_ttl_loses_the_lease) {
     auto manager = lockext::connect(role_url());
     const std::string name = fresh_name("outage-lost");
     lockext::Lock lock = manager->acquire(name, opts(1500ms));
-    std::promise<void> lost;
-    std::atomic<int> calls{0};
-    lock.on_lost([&] {
-        if (calls.fetch_add(1) == 0)
-            lost.set_value();
-    });
+    LossWatch watch(lock);
     const auto started = Clock::now();
     {
         Outage outage(*this);
-        BOOST_CHECK(lost.get_future().wait_until(started + 3s) == std::future_status::ready);
+        BOOST_CHECK(watch.first.get_future().wait_until(started + 3s) == std::future_status::ready);
         BOOST_CHECK(!lock.is_held());
         BOOST_CHECK(lock.lost_token().stop_requested());
         std::this_thread::sleep_until(started + 3s);
     }
-    BOOST_CHECK_EQUAL(calls.load(), 1);
+    BOOST_CHECK_EQUAL(watch.calls.load(), 1);
     BOOST_CHECK_EQUAL(count_in("holders", name), 0);
     BOOST_CHECK_THROW(lock.renew(), lockext::LockLost);
     // The name is free again for everyone.
@@ -493,12 +502,7 @@ BOOST_AUTO_TEST_CASE(a_renewal_without_reply_is_reported_lost_at_the_deadline) {
     auto manager = lockext::connect(role_url());
     const std::string name = fresh_name("stalled");
     lockext::Lock lock = manager->acquire(name, opts(1500ms));
-    std::promise<void> lost;
-    std::atomic<int> calls{0};
-    lock.on_lost([&] {
-        if (calls.fetch_add(1) == 0)
-            lost.set_value();
-    });
+    LossWatch watch(lock);
     std::vector<int> stopped;
     // Let the stopped server processes go on, whatever the checks say.
     struct Resume {
@@ -519,10 +523,10 @@ BOOST_AUTO_TEST_CASE(a_renewal_without_reply_is_reported_lost_at_the_deadline) {
     BOOST_REQUIRE(!stopped.empty());
     // The first renewal is due at ttl/3 (0.5 s); the local deadline is a
     // little under the ttl (1.5 s).
-    BOOST_CHECK(lost.get_future().wait_until(started + 3s) == std::future_status::ready);
+    BOOST_CHECK(watch.first.get_future().wait_until(started + 3s) == std::future_status::ready);
     BOOST_CHECK(!lock.is_held());
     BOOST_CHECK(lock.lost_token().stop_requested());
-    BOOST_CHECK_EQUAL(calls.load(), 1);
+    BOOST_CHECK_EQUAL(watch.calls.load(), 1);
 }
 
 // connect() fails with BackendUnavailable when the server cannot be reached
