@@ -144,6 +144,8 @@ bool RedisBackend::release(const Lease &lease) {
 
 // Try; if that fails and we may wait, queue, subscribe and wait for our turn.
 std::optional<Lease> RedisBackend::acquire_one(std::string_view name, const LockOptions &options) {
+    if (has_ghosts_.load(std::memory_order_relaxed))
+        clear_ghosts();
     RedisNode &node = *nodes_[0];
     const RedisKeys keys(name);
     const std::string id = new_request_id(options.mode);
@@ -188,14 +190,21 @@ std::optional<Lease> RedisBackend::acquire_one(std::string_view name, const Lock
     // drop the holder or queue place it may have left, so that the
     // manager's retry (with a new id) does not wait behind our own ghost.
     auto abandon = [&]() noexcept {
+        bool undone = false;
         try {
             Lease ghost;
             ghost.name.assign(name);
             ghost.handle = id;
             release_one(ghost);
+            undone = true;
         } catch (...) {
         }
         cancel();
+        // The node did not answer the undo either (stalled, not gone): what
+        // it was sent may still run there. Undo it again before later calls,
+        // for as long as a grant made when the node goes on could last.
+        if (!undone)
+            add_ghost(name, id, redis_deadline_after(options.ttl * 2 + milliseconds(60000)));
     };
 
     try {
@@ -234,6 +243,45 @@ std::optional<Lease> RedisBackend::acquire_one(std::string_view name, const Lock
     }
     cancel();
     return std::nullopt;
+}
+
+// Remember a request that may still run for nobody; see the header.
+void RedisBackend::add_ghost(std::string_view name, const std::string &id,
+                             Steady::time_point until) {
+    try {
+        MutexLock lock(ghosts_mu_);
+        ghosts_.push_back(Ghost{std::string(name), id, until});
+        has_ghosts_.store(true, std::memory_order_relaxed);
+    } catch (...) {
+        // Out of memory: the ghost's lease, if any, ends by its TTL.
+    }
+}
+
+// Release (and dequeue) every ghost; keep those the node did not confirm.
+void RedisBackend::clear_ghosts() noexcept {
+    std::vector<Ghost> pending;
+    {
+        MutexLock lock(ghosts_mu_);
+        pending.swap(ghosts_);
+        has_ghosts_.store(false, std::memory_order_relaxed);
+    }
+    const auto now = Steady::now();
+    for (Ghost &g : pending) {
+        if (now >= g.until)
+            continue;
+        try {
+            Lease ghost;
+            ghost.name = g.name;
+            ghost.handle = g.id;
+            release_one(ghost);
+            const RedisKeys keys(g.name);
+            RedisCommand command = script_command(ScriptId::cancel, keys);
+            command.add(g.id);
+            eval_one(ScriptId::cancel, command, true);
+        } catch (...) {
+            add_ghost(g.name, g.id, g.until);
+        }
+    }
 }
 
 // The renew script: the new expiry, or empty when the lease is gone.

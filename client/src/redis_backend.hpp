@@ -4,9 +4,11 @@
 // are in redis_scripts.cpp.
 //
 // Thread safety: everything set in the constructor is immutable; the pools
-// and subscribers synchronize themselves, and last_token_ is atomic. So the
-// backend needs no mutex of its own and may be called from any thread,
-// including the watchdog's.
+// and subscribers synchronize themselves, and last_token_ is atomic. The one
+// mutable list, ghosts_, is guarded by ghosts_mu_ (held only to move entries
+// in or out, never during a call to a node; has_ghosts_ mirrors whether it
+// is empty so the hot path need not take the mutex). So the backend may be
+// called from any thread, including the watchdog's.
 #pragma once
 
 #include <atomic>
@@ -24,6 +26,7 @@
 #include "redis_scripts.hpp"
 #include "redis_subscriber.hpp"
 #include "redis_url.hpp"
+#include "thread_annotations.hpp"
 
 namespace lockext::detail {
 
@@ -133,12 +136,28 @@ class RedisBackend final : public Backend {
                                         const LockOptions &options);
     // A new random request id: the mode's letter and 32 hex digits (128 bits).
     static std::string new_request_id(Mode mode);
+    // Remember request id on name, whose reply was lost and whose undoing
+    // failed too, until `until`: a stalled node runs what it was sent once
+    // it goes on, and may then grant it a lease that nobody holds.
+    void add_ghost(std::string_view name, const std::string &id, Steady::time_point until);
+    // Undo the ghosts (release and leave the queue); keep those that fail.
+    void clear_ghosts() noexcept;
+
+    // A request the node may still run for nobody (see add_ghost).
+    struct Ghost {
+        std::string name;
+        std::string id;
+        Steady::time_point until;
+    };
 
     const bool redlock_;
     const std::chrono::milliseconds timeout_;
     std::vector<std::unique_ptr<RedisNode>> nodes_;
     std::vector<RedisNodePool *> pools_;  // nodes_[i]->pool, for redis_call_all
     std::atomic<std::int64_t> last_token_{0};
+    Mutex ghosts_mu_;
+    std::vector<Ghost> ghosts_ GUARDED_BY(ghosts_mu_);
+    std::atomic<bool> has_ghosts_{false};
 };
 
 }  // namespace lockext::detail

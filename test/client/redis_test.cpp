@@ -490,6 +490,41 @@ BOOST_AUTO_TEST_CASE(a_timed_out_release_is_not_sent_again) {
     BOOST_TEST(locks->try_acquire(name, opts(1s)).has_value());
 }
 
+// An acquire whose reply is lost while the node is stalled (busy with a
+// long script: it reads nothing meanwhile), and whose undoing fails for the
+// same reason, is still run by the node when it goes on: it grants the
+// request a lease that nobody holds. The client remembers such requests and
+// undoes them before its next acquire, so the name does not stay taken
+// for the ghost's whole TTL.
+BOOST_AUTO_TEST_CASE(an_acquire_run_after_its_timeout_is_undone_by_the_next_call) {
+    RedisServer server;
+    const std::string url = "redis://" + server.address() + "?timeout=300ms&connect_timeout=300ms";
+    auto locks = connect(url);
+    const std::string name = unique_name("ghost");
+    // The node knows the scripts (a fresh one would refuse the lost call
+    // with NOSCRIPT), and the connection is pooled.
+    BOOST_TEST(locks->acquire(name + "-warm", opts(10s)).release());
+    std::thread stall([&] {
+        RawRedis busy(server.port());
+        busy.command({"EVAL",
+                      "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+                      "until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 1500000 return 1",
+                      "0"});
+    });
+    std::this_thread::sleep_for(200ms);  // the script is running
+    const auto start = Clock::now();
+    BOOST_CHECK_THROW(locks->try_acquire(name, opts(10s)), BackendUnavailable);
+    stall.join();
+    std::this_thread::sleep_for(100ms);  // the node runs what it was sent
+    // Another client finds the name taken: the node granted the lost request.
+    auto other = connect(url);
+    BOOST_TEST(!other->try_acquire(name, opts(1s)).has_value());
+    // The client that sent it undoes it first, and gets the name.
+    std::optional<Lock> lock = locks->try_acquire(name, opts(10s));
+    BOOST_TEST(lock.has_value());
+    BOOST_TEST(ms_since(start) < 5000);
+}
+
 // Check that lock, valid on Redlock for 3000 ms less the drift allowance
 // (ttl/100 + 2 ms = 32 ms) from a moment at or after from, is held shortly
 // before that validity ends and not held after it (not the full ttl).
