@@ -26,3 +26,7 @@ include $(PGXS)
 
 # PGXS compiles C++ with CXXFLAGS from the server build; keep ours in front.
 override CXXFLAGS := $(PG_CXXFLAGS) $(filter-out -std=%,$(CXXFLAGS))
+
+# PGXS tracks no header dependencies here: rebuild every object when a
+# header changes (a stale object would read shared structs with an old layout).
+$(OBJS): $(wildcard include/lockext/*.hpp)

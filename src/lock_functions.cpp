@@ -294,6 +294,7 @@ Datum acquire_impl(FunctionCallInfo fcinfo) {
     req.dboid = MyDatabaseId;
     req.roleid = GetUserId();
     req.pid = MyProcPid;
+    req.slot = MyProc->pgprocno;
     req.mode = mode;
     req.scope = scope;
     req.max_holders = max_holders;

@@ -32,6 +32,12 @@
 //     Written by backend i (enqueue, consume a grant, abandon) and by
 //     granting backends (state := granted), always under table_lock.
 //
+//   LockTable slot list i (slot_heads()[i] and the Holder slot_* links)
+//     The session and transaction holders granted to backend i, linked by
+//     whichever backend grants them and unlinked by whichever frees them,
+//     under table_lock. Backend i walks it at commit and at exit, so those
+//     cost its own scoped holders, not a scan of lockext.max_locks slots.
+//
 // Everything above is created by the postmaster in the shmem_startup_hook
 // under AddinShmemInitLock, and re-created after a crash restart. So is the
 // queue notifier's state, whose protocol is at the top of
@@ -173,7 +179,8 @@ static void release_backend_locks(bool session, bool transaction) {
         t->abandon(MyProc->pgprocno, now, lockext_wake_waiter, nullptr);
         t->stats().cancelled++;
     }
-    t->release_backend(MyProcPid, session, transaction, now, lockext_wake_waiter, nullptr);
+    t->release_backend(MyProcPid, MyProc->pgprocno, session, transaction, now, lockext_wake_waiter,
+                       nullptr);
     LWLockRelease(lockext_shared->table_lock);
 }
 

@@ -70,7 +70,8 @@ std::size_t LockTable::bytes_needed(std::int32_t capacity, std::int32_t nwaiters
            align8(sizeof(std::int32_t) * static_cast<std::size_t>(pow2_at_least(nentries * 2))) +
            align8(sizeof(Entry) * static_cast<std::size_t>(nentries)) +
            align8(sizeof(Holder) * static_cast<std::size_t>(capacity)) +
-           align8(sizeof(Waiter) * static_cast<std::size_t>(nwaiters));
+           align8(sizeof(Waiter) * static_cast<std::size_t>(nwaiters)) +
+           align8(sizeof(std::int32_t) * static_cast<std::size_t>(nwaiters));
 }
 
 // Lay out an empty table in `mem`; called once by the postmaster.
@@ -96,6 +97,7 @@ LockTable *LockTable::create(void *mem, std::int32_t capacity, std::int32_t nwai
         t->waiters()[i].state = WaitState::idle;
         t->waiters()[i].entry = -1;
         t->waiters()[i].prev = t->waiters()[i].next = -1;
+        t->slot_heads()[i] = -1;
     }
     return t;
 }
@@ -115,6 +117,10 @@ Holder *LockTable::holders() noexcept {
 Waiter *LockTable::waiters() noexcept {
     return reinterpret_cast<Waiter *>(reinterpret_cast<char *>(holders()) +
                                       align8(sizeof(Holder) * capacity_));
+}
+std::int32_t *LockTable::slot_heads() noexcept {
+    return reinterpret_cast<std::int32_t *>(reinterpret_cast<char *>(waiters()) +
+                                            align8(sizeof(Waiter) * nwaiters_));
 }
 const std::int32_t *LockTable::buckets() const noexcept {
     return const_cast<LockTable *>(this)->buckets();
@@ -183,6 +189,15 @@ void LockTable::unlink_holder(std::int32_t h) noexcept {
         link = &holders()[*link].next;
     *link = ho.next;
     en.nholders--;
+    if (ho.slot_linked) {
+        if (ho.slot_prev >= 0)
+            holders()[ho.slot_prev].slot_next = ho.slot_next;
+        else
+            slot_heads()[ho.req.slot] = ho.slot_next;
+        if (ho.slot_next >= 0)
+            holders()[ho.slot_next].slot_prev = ho.slot_prev;
+        ho.slot_linked = false;
+    }
     ho.in_use = false;
     ho.next = free_holders_;
     free_holders_ = h;
@@ -259,6 +274,15 @@ std::int32_t LockTable::grant(std::int32_t e, const Request &req, Timestamp now)
     ho.next = en.holders;
     en.holders = h;
     en.nholders++;
+    ho.slot_linked = req.scope != Scope::lease && req.slot >= 0 && req.slot < nwaiters_;
+    if (ho.slot_linked) {
+        std::int32_t &head = slot_heads()[req.slot];
+        ho.slot_prev = -1;
+        ho.slot_next = head;
+        if (head >= 0)
+            holders()[head].slot_prev = h;
+        head = h;
+    }
     stats_.acquired++;
     return h;
 }
@@ -623,14 +647,23 @@ std::int32_t LockTable::force_release(const Key &key, Timestamp now, WakeFn wake
 }
 
 // Release holders of backend `pid` in session and/or transaction scope.
-std::int32_t LockTable::release_backend(std::int32_t pid, bool session, bool transaction,
-                                        Timestamp now, WakeFn wake, void *ctx) noexcept {
+std::int32_t LockTable::release_backend(std::int32_t pid, std::int32_t slot, bool session,
+                                        bool transaction, Timestamp now, WakeFn wake,
+                                        void *ctx) noexcept {
     std::int32_t n = 0;
-    for (std::int32_t h = 0; h < capacity_; h++) {
+    if (slot < 0 || slot >= nwaiters_)
+        return 0;
+    // Whether h is still a holder of this slot's list.
+    auto in_list = [&](std::int32_t h) {
+        const Holder &ho = holders()[h];
+        return ho.in_use && ho.slot_linked && ho.req.slot == slot;
+    };
+    std::int32_t next = -1;
+    for (std::int32_t h = slot_heads()[slot]; h >= 0; h = next) {
         Holder &ho = holders()[h];
-        if (!ho.in_use || ho.req.pid != pid)
-            continue;
-        if (!((session && ho.req.scope == Scope::session) ||
+        next = ho.slot_next;
+        if (ho.req.pid != pid ||  // left by an earlier backend in this slot
+            !((session && ho.req.scope == Scope::session) ||
               (transaction && ho.req.scope == Scope::transaction)))
             continue;
         const std::int32_t e = ho.entry;
@@ -639,6 +672,10 @@ std::int32_t LockTable::release_backend(std::int32_t pid, bool session, bool tra
         stats_.released++;
         grant_waiters(e, now, wake, ctx);
         free_entry_if_unused(e);
+        // Granting on a full table reaps expired holders anywhere, perhaps
+        // `next`: then start over from the head (the released are gone).
+        if (next >= 0 && !in_list(next))
+            next = slot_heads()[slot];
     }
     return n;
 }

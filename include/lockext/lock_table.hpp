@@ -37,6 +37,7 @@ struct Request {
     std::uint32_t dboid;
     std::uint32_t roleid;
     std::int32_t pid;
+    std::int32_t slot;  // the backend's waiter slot (its procno): lists its scoped holders
     Mode mode;
     Scope scope;
     std::int32_t max_holders;  // 1 unless mode is semaphore
@@ -56,6 +57,11 @@ struct Holder {
     Timestamp acquired_at;
     Timestamp renewed_at;  // 0 until the first renewal
     Timestamp expires_at;  // kNever for locks without a TTL
+    // Session and transaction holders are also linked per backend (by
+    // req.slot), so a commit or a backend exit visits only its own.
+    std::int32_t slot_prev;
+    std::int32_t slot_next;
+    bool slot_linked;
     Request req;
 };
 
@@ -174,9 +180,10 @@ class LockTable {
                    bool privileged, WakeFn wake, void *ctx) noexcept;
     // Release every holder of `key` regardless of token; returns the count.
     std::int32_t force_release(const Key &key, Timestamp now, WakeFn wake, void *ctx) noexcept;
-    // Release holders of backend `pid` in `scope` (and session too if asked).
-    std::int32_t release_backend(std::int32_t pid, bool session, bool transaction, Timestamp now,
-                                 WakeFn wake, void *ctx) noexcept;
+    // Release the session and/or transaction holders of backend `pid`, whose
+    // waiter slot is `slot`.
+    std::int32_t release_backend(std::int32_t pid, std::int32_t slot, bool session,
+                                 bool transaction, Timestamp now, WakeFn wake, void *ctx) noexcept;
     // Free every expired holder; returns the count.
     std::int32_t reap_all(Timestamp now, WakeFn wake, void *ctx) noexcept;
 
@@ -218,6 +225,7 @@ class LockTable {
     const Entry *entries() const noexcept;
     const Holder *holders() const noexcept;
     const Waiter *waiters() const noexcept;
+    std::int32_t *slot_heads() noexcept;  // per waiter slot: its first scoped holder
 
     std::int32_t find_entry(const Key &key, std::uint32_t hash) const noexcept;
     std::int32_t insert_entry(const Key &key, std::uint32_t hash) noexcept;

@@ -41,6 +41,7 @@ struct Table {
         std::memset(&r, 0, sizeof r);
         r.dboid = 1;
         r.pid = pid;
+        r.slot = waiter;
         r.mode = mode;
         r.scope = scope;
         r.max_holders = 1;
@@ -222,4 +223,49 @@ BOOST_AUTO_TEST_CASE(a_stale_waiter_slot_is_cleared_before_the_entry_is_used) {
                 Outcome::granted));
     BOOST_TEST(tb.release("X", r.token, 2001));
     BOOST_TEST(tb.t->slots_used() == 1);
+}
+
+// Session and transaction holders are listed per backend slot: a commit
+// releases exactly that backend's transaction holders, its exit the
+// session ones too, and the next waiter gets the lock; holders freed
+// meanwhile by others (release by token, expiry) leave the lists intact.
+BOOST_AUTO_TEST_CASE(a_backend_releases_only_its_own_scoped_holders) {
+    Table tb(16, 4);
+    auto take = [&](const std::string &name, Scope scope, std::int32_t slot, std::int32_t pid,
+                    std::int64_t ttl = -1) {
+        const Result r = tb.acquire(name, Mode::exclusive, scope, ttl, 1000, false, slot, pid);
+        BOOST_REQUIRE(r.outcome == Outcome::granted);
+        return r;
+    };
+    take("t1", Scope::transaction, 1, 101);
+    take("t2", Scope::transaction, 1, 101);
+    const Result s1 = take("s1", Scope::session, 1, 101);
+    take("l1", Scope::lease, 1, 101, 1000000);
+    take("t3", Scope::transaction, 2, 102);
+    const Result s2 = take("s2", Scope::session, 2, 102, 50);  // expires at 1050
+    take("t4", Scope::transaction, 1, 101);
+    // Backend 102 waits for t1.
+    BOOST_REQUIRE(
+        tb.acquire("t1", Mode::exclusive, Scope::session, -1, 1000, true, 2, 102).outcome ==
+        Outcome::waiting);
+    BOOST_REQUIRE(tb.t->slots_used() == 7);
+    // s1 goes by token, s2 by expiry (reaped by the next acquire of s2).
+    BOOST_TEST(tb.release("s1", s1.token, 1001));
+    BOOST_TEST((tb.acquire("s2", Mode::exclusive, Scope::lease, 100, 2000, false, 3, 103).outcome ==
+                Outcome::granted));
+    // Backend 101 commits: t1, t2 and t4 go, t1 to its waiter; l1 stays.
+    tb.woken.clear();
+    BOOST_TEST(tb.t->release_backend(101, 1, false, true, 2000, Table::wake, &tb) == 3);
+    BOOST_TEST(tb.woken.count(2) == 1);
+    Timestamp wake_at = 0;
+    BOOST_TEST((tb.poll(2, 2000, kNever, &wake_at).outcome == Outcome::granted));
+    // Backend 101 exits: nothing scoped is left (l1 is a lease).
+    BOOST_TEST(tb.t->release_backend(101, 1, true, true, 2001, Table::wake, &tb) == 0);
+    // Backend 102 exits: t3 and its session lock on t1.
+    BOOST_TEST(tb.t->release_backend(102, 2, true, true, 2002, Table::wake, &tb) == 2);
+    BOOST_TEST(tb.t->slots_used() == 2);  // l1 and s2 (a lease now, of backend 103)
+    // A backend that later gets slot 1 does not release what 101 left.
+    take("t5", Scope::transaction, 1, 104);
+    BOOST_TEST(tb.t->release_backend(105, 1, true, true, 2003, Table::wake, &tb) == 0);
+    BOOST_TEST(tb.t->release_backend(104, 1, false, true, 2003, Table::wake, &tb) == 1);
 }
