@@ -3,7 +3,9 @@
 #
 # Builds and installs the extension, starts a private server, then measures
 #   1. acquire+release throughput (pgbench, 1,000 names, 1 and 8 clients),
-#      the three implementations interleaved in every round;
+#      the three implementations interleaved in every round, and a
+#      transaction-scope acquire released at commit against
+#      pg_try_advisory_xact_lock, in the same rounds;
 #   2. handoff latency: release by a holder -> grant to a blocked waiter.
 # Prints Markdown tables (and writes them to $BENCH_OUT if set). The product
 # targets are printed next to the numbers; nothing fails on them. The script
@@ -25,7 +27,7 @@ BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_HANDOFF_ROUNDS=${BENCH_HANDOFF_ROUNDS:-500}
 BENCH_OUT=${BENCH_OUT:-}
 BENCH_DIR="$LOCKEXT_ROOT/test/bench"
-KINDS=(lockext advisory table_lease)
+KINDS=(lockext advisory table_lease lockext_xact advisory_xact)
 CLIENT_COUNTS=(1 8)
 BENCH_WORK=
 
@@ -166,7 +168,16 @@ report() {
             "$la" "$(verdict "$la" ge 0.9)" "$lt" "$(verdict "$lt" ge 10)"
     done
     echo
-    echo "lockext acquires refused as busy (name held by another client; token 0 was then released): ${LOCKEXT_BUSY}."
+    echo "### Throughput: transaction scope, acquire released at commit (transactions/s, 1 round trip)"
+    echo
+    echo "| benchmark | clients | lockext | advisory (try, xact) | lockext/advisory |"
+    echo "|---|---:|---:|---:|---:|"
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        l=${TPS[lockext_xact,$clients]} a=${TPS[advisory_xact,$clients]}
+        printf '| acquire, commit | %d | %.0f | %.0f | %s× |\n' "$clients" "$l" "$a" "$(ratio "$l" "$a")"
+    done
+    echo
+    echo "lockext acquires refused as busy (name held by another client; a lease's token 0 was then released): ${LOCKEXT_BUSY}."
     echo
     echo "### Handoff latency: holder releases -> blocked waiter returns (µs)"
     echo
