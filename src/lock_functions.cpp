@@ -212,8 +212,10 @@ void exit_if_client_gone() {
     if (!pq_check_connection()) {
         ClientConnectionLost = true;
         InterruptPending = true;
-        CHECK_FOR_INTERRUPTS();
     }
+    // Also for a cancel or timeout that arrived meanwhile: the check resets
+    // the latch that would have ended the next sleep at once.
+    CHECK_FOR_INTERRUPTS();
 }
 
 // Sleep until waiter `waiter` is granted or `deadline` passes; no polling
@@ -234,13 +236,23 @@ void wait_for_grant(int waiter, Timestamp deadline, Result *out) {
             LWLockRelease(lockext_shared->table_lock);
             if (out->outcome != Outcome::waiting)
                 break;
-            long ms = kClientCheckMs;
-            if (wake_at != lockext::kNever) {
-                const std::int64_t us = wake_at - now;
-                ms = us <= 0 ? 1 : static_cast<long>(Min((us + 999) / 1000, kClientCheckMs));
+            // Sleep until signalled or wake_at; the table is looked at again
+            // only then, the client once a second meanwhile.
+            for (;;) {
+                long ms = kClientCheckMs;
+                bool capped = true;
+                if (wake_at != lockext::kNever) {
+                    const std::int64_t us = wake_at - GetCurrentTimestamp();
+                    if (us <= kClientCheckMs * 1000) {
+                        ms = us <= 0 ? 1 : static_cast<long>((us + 999) / 1000);
+                        capped = false;
+                    }
+                }
+                const bool timed_out = ConditionVariableTimedSleep(cv, ms, PG_WAIT_EXTENSION);
+                exit_if_client_gone();
+                if (!timed_out || !capped)
+                    break;
             }
-            ConditionVariableTimedSleep(cv, ms, PG_WAIT_EXTENSION);
-            exit_if_client_gone();
         }
     }
     PG_CATCH();
@@ -394,8 +406,11 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
         if (r.outcome == Outcome::not_durable) {
             // Write the longer horizon, then renew again. If the write
             // fails, the error leaves the lease at the expiry it had: its
-            // holder was promised that one, so it must not end early.
+            // holder was promised that one, so it must not end early. (A
+            // write slower than the horizon's slack makes another round;
+            // a cancel ends the loop.)
             lockext_durable_ensure(r.token, r.expires_at);
+            CHECK_FOR_INTERRUPTS();
             continue;
         }
         if (r.outcome != Outcome::not_permitted)

@@ -263,6 +263,17 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
     std::optional<Steady::time_point> next;
     LostNotice notice;
     bool failed = false;
+    if (sent_at >= deadline) {
+        // Nobody can say the lease is still ours, and a reply could not
+        // arrive in time: no call.
+        {
+            MutexLock lock(mu);
+            notice = mark_lost();
+        }
+        op_mu.unlock();
+        deliver(std::move(notice));
+        return std::nullopt;
+    }
     try {
         // A reply after the deadline could not keep the lease anyway.
         const CallDeadline::Scope bound(deadline);
@@ -279,10 +290,16 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
         failed = true;
         const auto now = Steady::now();
         MutexLock lock(mu);
+        // Retries every retry_delay; the last one half a delay before the
+        // deadline, so that its reply has time to come (a call cut off at
+        // the deadline would discard a renewal the server made).
+        const auto last = deadline - retry_delay(ttl) / 2;
         if (now >= deadline)
             notice = mark_lost();
+        else if (now + retry_delay(ttl) <= last)
+            next = now + retry_delay(ttl);
         else
-            next = std::min(now + retry_delay(ttl), deadline);
+            next = now < last ? last : deadline;
     }
     op_mu.unlock();
     if (next)

@@ -266,9 +266,16 @@ void RedisBackend::clear_ghosts() noexcept {
         has_ghosts_.store(false, std::memory_order_relaxed);
     }
     const auto now = Steady::now();
+    bool node_down = false;
     for (Ghost &g : pending) {
         if (now >= g.until)
             continue;
+        if (node_down) {
+            // One failure is enough to know: keep the rest for later calls
+            // rather than make this one wait a timeout per ghost.
+            add_ghost(g.name, g.id, g.until);
+            continue;
+        }
         try {
             Lease ghost;
             ghost.name = g.name;
@@ -280,6 +287,7 @@ void RedisBackend::clear_ghosts() noexcept {
             eval_one(ScriptId::cancel, command, true);
         } catch (...) {
             add_ghost(g.name, g.id, g.until);
+            node_down = true;
         }
     }
 }
