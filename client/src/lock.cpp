@@ -275,7 +275,7 @@ std::optional<Steady::time_point> LockState::watchdog_renew() noexcept {
         return std::nullopt;
     }
     try {
-        // A reply after the deadline could not keep the lease anyway.
+        // Past the deadline the loss must be reported, not wait on the network.
         const CallDeadline::Scope bound(deadline);
         const auto expiry = core->backend().renew(lease, ttl);
         MutexLock lock(mu);
