@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark lockext's job queue against a plain SKIP LOCKED queue.
+# Benchmark lockext's job queue against a plain SKIP LOCKED queue (and pgmq,
+# when PGMQ_SRC points to its source).
 #
 # Builds and installs the extension, starts a private server, then measures
 #   1. jobs/s for the full cycle enqueue -> dequeue -> complete, with 1 and 8
 #      workers, single jobs and batches: pgbench, every transaction one full
 #      cycle (test/bench/queue_*.sql), lockext with keyed jobs (per-key order
-#      enforced) and the plain baseline interleaved in every round, each run
-#      on freshly created queues;
+#      enforced), pgmq (if built) and the plain baseline interleaved in every
+#      round, each run on freshly created queues;
 #   2. bloat: a fixed dequeue+complete workload on a fresh queue, then
 #      BENCH_QUEUE_BLOAT_JOBS jobs pushed through the same queue (enqueue_batch,
 #      batch dequeue, batch complete; autovacuum as create_queue sets it up),
@@ -31,6 +32,12 @@
 #                             this many seconds have passed (default 300); the
 #                             report then says how many jobs went through
 #   BENCH_OUT                 also write the Markdown report to this file
+#   PGMQ_SRC                  a pgmq source tree's PGXS directory (the one with
+#                             pgmq's Makefile and pgmq.control, pgmq-extension/
+#                             in its repository): built and installed with the
+#                             same pg_config, and pgmq (pure SQL) runs as one
+#                             more kind in part 1. Unset, or when the build
+#                             fails, pgmq is skipped with a note
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -46,6 +53,10 @@ BENCH_QUEUE_PROBE_SINGLE=${BENCH_QUEUE_PROBE_SINGLE:-2000}
 BENCH_QUEUE_PUSH_CLIENTS=${BENCH_QUEUE_PUSH_CLIENTS:-1}
 BENCH_QUEUE_PUSH_MAX_SECONDS=${BENCH_QUEUE_PUSH_MAX_SECONDS:-300}
 BENCH_OUT=${BENCH_OUT:-}
+PGMQ_SRC=${PGMQ_SRC:-}
+PGMQ_ON=0                    # 1 once pgmq is built, installed and created
+PGMQ_VERSION=                # pgmq's installed extversion, for the report
+PGMQ_SKIP_NOTE="pgmq: skipped (set PGMQ_SRC to a pgmq source tree to include it)"
 BENCH_DIR="$LOCKEXT_ROOT/test/bench"
 QUEUE=bench                  # the queue name the pgbench scripts use
 KINDS=(lockext ackfetch plain)
@@ -90,18 +101,67 @@ sql() {
     psql -X -q -v ON_ERROR_STOP=1 "$@"
 }
 
-# Fresh lockext queue and plain table, then a checkpoint, before every run.
+# Fresh lockext queue and plain table (and pgmq queue when pgmq runs), then a
+# checkpoint, before every run.
 reset_queues() {
-    sql -c "SELECT bench_queue_reset('$QUEUE')" -c "CHECKPOINT" >/dev/null
+    if [ "$PGMQ_ON" = 1 ]; then
+        sql -c "SELECT bench_queue_reset('$QUEUE')" -c "SELECT bench_pgmq_reset('$QUEUE')" \
+            -c "CHECKPOINT" >/dev/null
+    else
+        sql -c "SELECT bench_queue_reset('$QUEUE')" -c "CHECKPOINT" >/dev/null
+    fi
 }
 
-# Jobs still in the queue of kind $1 (lockext: waiting + running; plain: rows).
+# Jobs still in the queue of kind $1 (lockext, ackfetch: waiting + running;
+# plain: rows; pgmq: messages in its queue table, visible or not).
 jobs_left() {
-    if [ "$1" != plain ]; then
-        sql -At -c "SELECT waiting FROM bench_queue_left('$QUEUE')"
-    else
-        sql -At -c "SELECT count(*) FROM plain_queue"
+    case $1 in
+        plain) sql -At -c "SELECT count(*) FROM plain_queue" ;;
+        pgmq)  sql -At -c "SELECT count(*) FROM pgmq.q_$QUEUE" ;;
+        *)     sql -At -c "SELECT waiting FROM bench_queue_left('$QUEUE')" ;;
+    esac
+}
+
+# Build and install pgmq from PGMQ_SRC with the server's pg_config and create
+# it in the benchmark database; on success add the pgmq kind (PGMQ_ON=1),
+# otherwise print why and the skip note, and go on without it.
+setup_pgmq() {
+    local out
+    if [ -z "$PGMQ_SRC" ]; then
+        echo "$PGMQ_SKIP_NOTE"
+        return 0
     fi
+    echo "== building pgmq from $PGMQ_SRC"
+    # Two make runs: the Makefile generates sql/pgmq--<version>.sql in `all`,
+    # and its DATA wildcard must see that file when `install` is read.
+    if ! [ -f "$PGMQ_SRC/Makefile" ] || ! [ -f "$PGMQ_SRC/pgmq.control" ]; then
+        echo "   pgmq: $PGMQ_SRC has no Makefile and pgmq.control"
+    elif ! out=$(make -C "$PGMQ_SRC" -s PG_CONFIG="$PGBIN/pg_config" 2>&1 &&
+                 as_root make -C "$PGMQ_SRC" -s PG_CONFIG="$PGBIN/pg_config" install 2>&1); then
+        printf '%s\n' "$out" | tail -n 20 | sed 's/^/   /'
+        echo "   pgmq: the build in $PGMQ_SRC failed"
+    elif ! out=$(sql -c "CREATE EXTENSION IF NOT EXISTS pgmq" 2>&1); then
+        printf '%s\n' "$out" | sed 's/^/   /'
+        echo "   pgmq: CREATE EXTENSION pgmq failed"
+    else
+        PGMQ_ON=1
+        PGMQ_VERSION=$(sql -At -c "SELECT extversion FROM pg_extension WHERE extname = 'pgmq'")
+        KINDS+=(pgmq)
+        echo "   pgmq $PGMQ_VERSION installed"
+        return 0
+    fi
+    echo "$PGMQ_SKIP_NOTE"
+}
+
+# Where the pgmq measured comes from, for the report: its version, the git
+# commit of PGMQ_SRC if it is in a git work tree, and the md5 of its SQL.
+pgmq_source() {
+    local commit sqlf="$PGMQ_SRC/sql/pgmq.sql"
+    commit=$(git -C "$PGMQ_SRC" rev-parse --short=12 HEAD 2>/dev/null || true)
+    printf 'pgmq %s from %s' "$PGMQ_VERSION" "$PGMQ_SRC"
+    [ -n "$commit" ] && printf ' (commit %s)' "$commit"
+    [ -f "$sqlf" ] && printf ', sql/pgmq.sql md5 %s' "$(md5sum "$sqlf" | cut -c1-12)"
+    return 0
 }
 
 # Run pgbench on script $1 with $2 clients and extra pgbench arguments after
@@ -310,9 +370,36 @@ load_1min() {
     cut -d ' ' -f 1 /proc/loadavg
 }
 
+# Jobs/s of pgmq for shape $1 and $2 clients, or "—" when pgmq is skipped.
+pgmq_rate() {
+    if [ "$PGMQ_ON" = 1 ]; then printf '%.0f' "${RATE[pgmq,$1,$2]}"; else printf '—'; fi
+}
+
+# pgmq/plain for shape $1 and $2 clients ("0.93×"), or "—" when pgmq is skipped.
+pgmq_ratio() {
+    if [ "$PGMQ_ON" = 1 ]; then
+        printf '%s×' "$(ratio "${RATE[pgmq,$1,$2]}" "${RATE[plain,$1,$2]}")"
+    else
+        printf '—'
+    fi
+}
+
+# The method note's sentence on the pgmq kind, or on its absence.
+pgmq_method() {
+    if [ "$PGMQ_ON" != 1 ]; then
+        echo "**pgmq**: not measured in this run (PGMQ_SRC unset or its build failed);"
+        return 0
+    fi
+    echo "**pgmq single** = \`pgmq.send\` + \`pgmq.read(queue, 30, 1)\` + \`pgmq.delete(queue, msg_id)\`;" \
+         "**pgmq batch** = \`pgmq.send_batch\` of ${BENCH_QUEUE_BATCH} + \`pgmq.read(queue, 30, ${BENCH_QUEUE_BATCH})\`" \
+         "+ \`pgmq.delete(queue, msg_ids[])\` (pgmq's pure-SQL extension, a non-partitioned queue from \`pgmq.create\`," \
+         "30 s visibility timeout; **pgmq has no keys and no per-key ordering**: read takes the oldest visible" \
+         "messages with SKIP LOCKED, like the plain baseline, so lockext's keyed columns do more work per job);"
+}
+
 # Print the Markdown report on stdout.
 report() {
-    local clients l p r a ra shape target
+    local clients l p r a ra shape target pgmq_ms pgmq_left
     echo "## lockext queue benchmark"
     echo
     echo "PostgreSQL $(sql -At -c 'SHOW server_version'), $(nproc) CPUs, Unix socket," \
@@ -320,7 +407,8 @@ report() {
          "autovacuum=$(sql -At -c 'SHOW autovacuum') (naptime $(sql -At -c 'SHOW autovacuum_naptime');" \
          "the queue partitions carry create_queue's own autovacuum settings)." \
          "Load average (1 min) at start / end: ${LOAD_START} / $(load_1min) (other work on the box skews the numbers)." \
-         "Extension SQL measured: sql/lockext--0.1.0.sql md5 $(md5sum "$LOCKEXT_ROOT/sql/lockext--0.1.0.sql" | cut -c1-12)."
+         "Extension SQL measured: sql/lockext--0.1.0.sql md5 $(md5sum "$LOCKEXT_ROOT/sql/lockext--0.1.0.sql" | cut -c1-12)" \
+         "$( [ "$PGMQ_ON" = 1 ] && echo "and $(pgmq_source)." || echo "(pgmq not measured).")"
     echo
     echo "### Throughput: full cycle enqueue → dequeue → complete (jobs/s)"
     echo
@@ -334,19 +422,22 @@ report() {
          "**lockext ack+fetch** = the same jobs, but the worker completes the job it fetched last" \
          "and dequeues the next in one transaction (\`BEGIN; complete(prev); dequeue; COMMIT\`):" \
          "two commits per job like the baseline, and the job still holds its lease between fetch and complete;" \
+         "$(pgmq_method)" \
          "**plain single** = \`INSERT\` + \`DELETE … WHERE id = (SELECT … ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING\`;" \
          "**plain batch** = \`INSERT … SELECT unnest(\$1::jsonb[])\` of ${BENCH_QUEUE_BATCH}" \
          "+ \`DELETE … WHERE id IN (SELECT … LIMIT ${BENCH_QUEUE_BATCH} FOR UPDATE SKIP LOCKED) RETURNING\`." \
-         "Payloads (~90 B jsonb) go to the server as parameters and come back to the client in both." \
+         "Payloads (~90 B jsonb) go to the server as parameters and come back to the client in every kind." \
          "jobs/s = completed jobs / run time, completed = enqueued − jobs left in the queue at the end" \
          "(a dequeue may find nothing free: taken by another worker or blocked behind its key)." \
-         "Why pgbench: both queues are driven by the same C client, with prepared statements," \
+         "Why pgbench: every queue is driven by the same C client, with prepared statements," \
          "one connection per worker and the same number of commits a real producer + worker makes" \
-         "(lockext needs 3 round trips per cycle because its lease outlives the dequeue transaction;" \
+         "(lockext needs 3 round trips per cycle because its lease outlives the dequeue transaction," \
+         "and so does pgmq, whose visibility timeout outlives the read;" \
          "the plain queue does dequeue and complete in one DELETE)."
     echo
-    echo "| jobs | workers | lockext (keyed, ordered) | lockext ack+fetch | plain SKIP LOCKED | lockext/plain | ack+fetch/plain | target |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    [ "$PGMQ_ON" = 1 ] || { echo "$PGMQ_SKIP_NOTE: the pgmq columns show —."; echo; }
+    echo "| jobs | workers | lockext (keyed, ordered) | lockext ack+fetch | pgmq (no ordering) | plain SKIP LOCKED | lockext/plain | ack+fetch/plain | pgmq/plain | target |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for shape in "${SHAPES[@]}"; do
         for clients in "${CLIENT_COUNTS[@]}"; do
             l=${RATE[lockext,$shape,$clients]} p=${RATE[plain,$shape,$clients]}
@@ -357,20 +448,26 @@ report() {
             else
                 target="lockext ≥ 20,000 jobs/s: $(verdict "$l" ge 20000) (ack+fetch: $(verdict "$a" ge 20000))"
             fi
-            printf '| %s | %d | %.0f | %.0f | %.0f | %s× | %s× | %s |\n' \
+            printf '| %s | %d | %.0f | %.0f | %s | %.0f | %s× | %s× | %s | %s |\n' \
                 "$( [ "$shape" = single ] && echo single || echo "batch of $BENCH_QUEUE_BATCH")" \
-                "$clients" "$l" "$a" "$p" "$r" "$ra" "$target"
+                "$clients" "$l" "$a" "$(pgmq_rate "$shape" "$clients")" "$p" "$r" "$ra" \
+                "$(pgmq_ratio "$shape" "$clients")" "$target"
         done
     done
     echo
     echo "Mean latency per statement (ms, last round; pgbench -r), and jobs left at the end of that run:"
     echo
-    echo "| jobs | workers | lockext enqueue / dequeue / complete | jobs left | plain insert / delete | jobs left |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| jobs | workers | lockext enqueue / dequeue / complete | jobs left | pgmq send / read / delete | jobs left | plain insert / delete | jobs left |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for shape in "${SHAPES[@]}"; do
         for clients in "${CLIENT_COUNTS[@]}"; do
-            printf '| %s | %d | %s | %s | %s | %s |\n' "$shape" "$clients" \
+            pgmq_ms=— pgmq_left=—
+            if [ "$PGMQ_ON" = 1 ]; then
+                pgmq_ms=$(fmt_ms "${STMT[pgmq,$shape,$clients]}") pgmq_left=${LEFT[pgmq,$shape,$clients]}
+            fi
+            printf '| %s | %d | %s | %s | %s | %s | %s | %s |\n' "$shape" "$clients" \
                 "$(fmt_ms "${STMT[lockext,$shape,$clients]}")" "${LEFT[lockext,$shape,$clients]}" \
+                "$pgmq_ms" "$pgmq_left" \
                 "$(fmt_ms "${STMT[plain,$shape,$clients]}")" "${LEFT[plain,$shape,$clients]}"
         done
     done
@@ -439,6 +536,7 @@ main() {
     start_server "shared_buffers = '256MB'" "max_wal_size = '2GB'" \
                  "checkpoint_timeout = '15min'"
     sql -f "$BENCH_DIR/queue_setup.sql" >/dev/null
+    setup_pgmq
 
     echo "== throughput (${BENCH_SECONDS}s per run, ${BENCH_ROUNDS} round(s))"
     run_throughput

@@ -24,3 +24,18 @@ LANGUAGE sql AS $$
     SELECT s.ready + s.scheduled + s.running + s.retrying, s.dead
       FROM lockext.queue_stats s WHERE s.queue = q
 $$;
+
+-- Drop and recreate pgmq queue `q` (pgmq.create: a plain logged table, not
+-- partitioned). Does nothing when the pgmq extension is not installed in
+-- this database (bench_queue.sh creates it only when PGMQ_SRC builds).
+CREATE OR REPLACE FUNCTION bench_pgmq_reset(q text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgmq') THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = q) THEN
+        PERFORM pgmq.drop_queue(q);
+    END IF;
+    PERFORM pgmq.create(q);
+END $$;
