@@ -40,19 +40,46 @@
 //
 //   The worker's latch is set by a committer after appending, outside no
 //   lock ordering concern (SetLatch takes none of ours).
+//
+//   The database's lock (heavyweight, on its pg_database object; a session
+//   takes it RowExclusiveLock in InitPostgres to connect, and DROP
+//   DATABASE, ALTER DATABASE RENAME / SET TABLESPACE and CREATE DATABASE
+//   ... TEMPLATE take modes that conflict with that)
+//     The worker takes it as a session lock before it connects, without
+//     waiting: a worker connecting under a DROP would die with FATAL 3D000
+//     (database does not exist), since DROP DATABASE does not count a
+//     process that has not yet advertised its database. While the lock is
+//     unavailable the worker retries every kLockRetryMs, unconnected, so the
+//     DROP goes ahead. Once it has the lock no DROP is under way, and the
+//     database exists exactly when its directory does: a worker that finds
+//     none forgets the database (its slot and its pending names) and leaves
+//     with exit code 0. Otherwise it connects (InitPostgres' own request is
+//     granted from the session lock, so it cannot queue behind a DROP that
+//     came meanwhile) and releases the lock, after which a DROP sees it in
+//     the ProcArray. Connected, the worker tries the lock (and releases it)
+//     every kWaitMs: when it is unavailable, a command that needs the
+//     database to itself waits for this worker, which leaves as soon as it
+//     could leave on idleness, instead of after kIdleExitMs.
 extern "C" {
 #include "postgres.h"
 
+#include <sys/stat.h>
+
 #include "access/parallel.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_tablespace.h"
 #include "commands/async.h"
+#include "common/relpath.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
@@ -71,8 +98,9 @@ namespace {
 constexpr int kSlots = 32;               // databases with a notifier at once
 constexpr int kPending = 1024;           // names waiting for their notifiers
 constexpr int kXactNames = 16;           // distinct queues one transaction remembers
-constexpr long kWaitMs = 500;            // the notifier's longest sleep
-constexpr long kIdleExitMs = 2000;       // idle notifiers leave (so DROP DATABASE can proceed)
+constexpr long kWaitMs = 100;            // longest sleep; it tries its database's lock as often
+constexpr long kIdleExitMs = 2000;       // idle notifiers leave
+constexpr long kLockRetryMs = 10;        // an unconnected notifier retries its database's lock
 constexpr long kStartTimeoutMs = 10000;  // a worker not running by then is presumed failed
 // After a send, the notifier lets names gather this long before the next:
 // one transaction then covers many commits, and a wakeup is at most this
@@ -111,9 +139,85 @@ bool xact_overflow = false;
 char xact_names[kXactNames][NAMEDATALEN];
 bool callback_registered = false;
 
+// The notifier's own state: SIGTERM seen (it then leaves with exit code 0);
+// inside a transaction, SIGTERM ends it as die() does; the database whose
+// lock it holds as a session lock (InvalidOid: none).
+volatile sig_atomic_t got_sigterm = false;
+volatile sig_atomic_t die_on_sigterm = false;
+Oid locked_db = InvalidOid;
+
 // The channel a queue's workers LISTEN on (lockext.queue_channel).
 char *channel_of(const char *queue) {
     return psprintf("lockext_queue_%s", queue);
+}
+
+// SIGTERM (pg_terminate_backend, DROP DATABASE ... WITH (FORCE), shutdown):
+// the notifier leaves at its next wakeup; in a transaction, as die() does.
+void notifier_sigterm(SIGNAL_ARGS) {
+    int save_errno = errno;
+    got_sigterm = true;
+    if (die_on_sigterm)
+        die(postgres_signal_arg);
+    SetLatch(MyLatch);
+    errno = save_errno;
+}
+
+// The lock a session takes on database `db` to connect.
+LOCKTAG database_lock(Oid db) {
+    LOCKTAG tag;
+    SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, db, 0);
+    return tag;
+}
+
+// Take database `db`'s lock as a session connecting to it would, as a
+// session lock and without waiting; false when a command that needs the
+// database to itself holds it or waits for it.
+bool try_lock_database(Oid db) {
+    LOCKTAG tag = database_lock(db);
+    if (LockAcquire(&tag, RowExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+        return false;
+    locked_db = db;
+    return true;
+}
+
+// Release the lock try_lock_database() took, if it is still held (an abort
+// releases session locks too).
+void unlock_database() {
+    if (locked_db == InvalidOid)
+        return;
+    LOCKTAG tag = database_lock(locked_db);
+    locked_db = InvalidOid;
+    if (LockHeldByMe(&tag, RowExclusiveLock))
+        LockRelease(&tag, RowExclusiveLock, true);
+}
+
+// Whether `path` may exist (only "no such file" says it does not).
+bool may_exist(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 || errno != ENOENT;
+}
+
+// Whether database `db` still has a directory, in base/ or in a tablespace.
+// Under the database's lock no DROP DATABASE is under way, so the directory
+// is there exactly when the database is (InitPostgres too checks it, once
+// it has read pg_database).
+bool database_exists(Oid db) {
+    char *path = GetDatabasePath(db, DEFAULTTABLESPACE_OID);
+    bool found = may_exist(path);
+    pfree(path);
+    DIR *dir = found ? nullptr : AllocateDir("pg_tblspc");
+    struct dirent *de;
+    while (!found && (de = ReadDirExtended(dir, "pg_tblspc", LOG)) != nullptr) {
+        Oid spc = atooid(de->d_name);  // 0 for "." and ".."
+        if (spc == InvalidOid)
+            continue;
+        path = GetDatabasePath(db, spc);
+        found = may_exist(path);
+        pfree(path);
+    }
+    if (dir != nullptr)
+        FreeDir(dir);
+    return found;
 }
 
 // Register the notifier for slot `i`; under shared->lock.
@@ -214,9 +318,11 @@ void queue_notify_xact_callback(XactEvent event, void *) {
     }
 }
 
-// Free slot `i` when its worker exits, however it exits.
+// Free slot `i` when its worker exits, however it exits, and release the
+// database's lock if it still holds it.
 void notifier_exit(int, Datum arg) {
     int i = DatumGetInt32(arg);
+    unlock_database();
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
     NotifierSlot &s = shared->slots[i];
     if (s.pid == MyProcPid) {
@@ -232,10 +338,31 @@ void notifier_exit(int, Datum arg) {
     LWLockRelease(shared->lock);
 }
 
+// Slot `i`'s database was dropped: drop the names pending for it and free
+// the slot (no transaction of a dropped database can still be counted).
+void forget_database(int i) {
+    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+    NotifierSlot &s = shared->slots[i];
+    if (s.pid == MyProcPid) {
+        int kept = 0;
+        for (int p = 0; p < shared->npending; p++)
+            if (shared->pending[p].db != s.db)
+                shared->pending[kept++] = shared->pending[p];
+        shared->npending = kept;
+        s.db = InvalidOid;
+        s.pid = 0;
+        s.latch = nullptr;
+        s.open_xacts = 0;
+        s.overflow = false;
+    }
+    LWLockRelease(shared->lock);
+}
+
 // Copy the names pending for slot `i`'s database into `names` (at most
 // kPending), removing them; sets *overflow when every queue must be
-// notified. Returns the count, or -1 when the worker should leave.
-int take_pending(int i, char (*names)[NAMEDATALEN], bool *overflow, bool idle_expired) {
+// notified. Returns the count, or -1 when the worker should leave (it may,
+// and nothing is pending or counted).
+int take_pending(int i, char (*names)[NAMEDATALEN], bool *overflow, bool may_leave) {
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
     NotifierSlot &s = shared->slots[i];
     int n = 0, kept = 0;
@@ -251,7 +378,7 @@ int take_pending(int i, char (*names)[NAMEDATALEN], bool *overflow, bool idle_ex
     shared->npending = kept;
     *overflow = s.overflow;
     s.overflow = false;
-    if (n == 0 && !*overflow && idle_expired && s.open_xacts == 0) {
+    if (n == 0 && !*overflow && may_leave && s.open_xacts == 0) {
         s.db = InvalidOid;
         s.pid = 0;
         s.latch = nullptr;
@@ -343,7 +470,7 @@ void lockext_notify_after_commit(const char *queue) {
 // NOTIFYs committed transactions of its database handed it.
 extern "C" PGDLLEXPORT void lockext_notifier_main(Datum arg) {
     int i = DatumGetInt32(arg);
-    pqsignal(SIGTERM, die);
+    pqsignal(SIGTERM, notifier_sigterm);
     BackgroundWorkerUnblockSignals();
 
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
@@ -358,7 +485,28 @@ extern "C" PGDLLEXPORT void lockext_notifier_main(Datum arg) {
     if (!mine)
         proc_exit(0);
     before_shmem_exit(notifier_exit, Int32GetDatum(i));
-    BackgroundWorkerInitializeConnectionByOid(db, InvalidOid, 0);
+
+    // Connect under the database's lock (see LOCKING PROTOCOL).
+    while (!try_lock_database(db)) {
+        if (got_sigterm) {
+            elog(DEBUG1, "lockext notifier: terminating on request");
+            proc_exit(0);
+        }
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kLockRetryMs,
+                        PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+    }
+    if (!database_exists(db)) {
+        unlock_database();
+        forget_database(i);
+        elog(DEBUG1, "lockext notifier: database %u was dropped, leaving", db);
+        proc_exit(0);
+    }
+    // It serves transactions that committed there while connections were
+    // allowed; ALTER DATABASE ... ALLOW_CONNECTIONS false would otherwise
+    // make it die with FATAL 55000.
+    BackgroundWorkerInitializeConnectionByOid(db, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
+    unlock_database();
     // A notification needs no durability: listeners hear it once the commit
     // is in the commit log, and the jobs it announces were flushed by their
     // own commits. Skipping the WAL flush keeps the notifier off the disk.
@@ -367,23 +515,40 @@ extern "C" PGDLLEXPORT void lockext_notifier_main(Datum arg) {
     auto *names = static_cast<char(*)[NAMEDATALEN]>(
         MemoryContextAlloc(TopMemoryContext, sizeof(char[NAMEDATALEN]) * kPending));
     TimestampTz last_work = GetCurrentTimestamp();
+    TimestampTz last_try = 0;
+    bool wanted = false;  // the last try found the database's lock unavailable
     for (;;) {
-        bool overflow = false;
-        bool idle = TimestampDifferenceExceeds(last_work, GetCurrentTimestamp(), kIdleExitMs);
-        int n = take_pending(i, names, &overflow, idle);
-        if (n < 0)
+        if (got_sigterm) {
+            elog(DEBUG1, "lockext notifier: terminating on request");
             proc_exit(0);
+        }
+        CHECK_FOR_INTERRUPTS();
+        TimestampTz now = GetCurrentTimestamp();
+        if (TimestampDifferenceExceeds(last_try, now, kWaitMs)) {
+            wanted = !try_lock_database(db);
+            unlock_database();
+            last_try = now;
+        }
+        bool idle = TimestampDifferenceExceeds(last_work, now, kIdleExitMs);
+        bool overflow = false;
+        int n = take_pending(i, names, &overflow, idle || wanted);
+        if (n < 0) {
+            if (wanted)
+                elog(DEBUG1, "lockext notifier: database %u is wanted by another command, leaving",
+                     db);
+            proc_exit(0);
+        }
         if (n > 0 || overflow) {
+            die_on_sigterm = true;
             send_notifies(names, n, overflow);
+            die_on_sigterm = false;
             last_work = GetCurrentTimestamp();
             (void)WaitLatch(nullptr, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kCoalesceMs,
                             PG_WAIT_EXTENSION);
-            CHECK_FOR_INTERRUPTS();
             continue;
         }
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, kWaitMs,
                         PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
-        CHECK_FOR_INTERRUPTS();
     }
 }
