@@ -298,11 +298,15 @@ void queue_notify_xact_callback(XactEvent event, void *) {
                     if (xact_overflow)
                         s.overflow = true;
                     latch = s.latch;
-                    // The worker died since this transaction began: start
-                    // another, which takes the names from pending[].
-                    if (s.pid == 0 && s.registered == 0)
-                        (void)start_worker(xact_slot);
                 }
+                // The worker died since this transaction began: start
+                // another, which takes the names from pending[]. After an
+                // abort, only once no transaction is counted: else the
+                // slot would stay taken with no worker, for good if the
+                // database is then dropped.
+                if (s.pid == 0 && s.registered == 0 &&
+                    (event == XACT_EVENT_COMMIT || s.open_xacts == 0))
+                    (void)start_worker(xact_slot);
             }
             LWLockRelease(shared->lock);
             if (latch != nullptr)

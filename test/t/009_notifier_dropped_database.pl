@@ -8,9 +8,12 @@
 #    wait for the notifier's 2 s idle exit; now it leaves at once;
 #  - DROP DATABASE ... WITH (FORCE): the notifier leaves on the SIGTERM
 #    without a FATAL;
-#  - every notifier left for the drop (each says so at DEBUG1), none still
-#    holds a database lock, and after more drop cycles than there are
-#    notifier slots a new database still gets a notifier.
+#  - every notifier left for the drop (each says so at DEBUG1), and none
+#    still holds a database lock;
+#  - a notifier killed under an open enqueue whose transaction then rolls
+#    back, its database dropped: its slot used to stay taken for good;
+#  - after more drop cycles than there are notifier slots, a new database
+#    still gets a notifier.
 use strict;
 use warnings;
 
@@ -115,11 +118,55 @@ is( $node->safe_psql(
 	'0',
 	'no database lock is left held');
 
+# A notifier killed under an open enqueue whose transaction then rolls back,
+# its database dropped: more times than there are slots.
+my $killed_cycles = 33;
+for my $k (1 .. $killed_cycles)
+{
+	my $db = "killed_$k";
+	my $connstr = 'host=' . $node->host . ' port=' . $node->port . " dbname=$db";
+	$node->safe_psql('postgres', qq{
+CREATE DATABASE $db TEMPLATE tmpl;
+SELECT dblink_connect('w', '$connstr') \\g /dev/null
+SELECT dblink_exec('w', 'BEGIN') \\g /dev/null
+SELECT * FROM dblink('w', \$\$SELECT lockext.enqueue('q', '{}')\$\$) AS t(id bigint) \\g /dev/null
+DO \$\$ BEGIN
+    FOR i IN 1..1000 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT 1 FROM pg_stat_activity
+                          WHERE backend_type = 'lockext notifier' AND datname = '$db');
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END \$\$;
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+ WHERE backend_type = 'lockext notifier' AND datname = '$db' \\g /dev/null
+DO \$\$ BEGIN
+    FOR i IN 1..1000 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                              WHERE backend_type = 'lockext notifier' AND datname = '$db');
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END \$\$;
+SELECT dblink_exec('w', 'ROLLBACK') \\g /dev/null
+SELECT dblink_disconnect('w') \\g /dev/null
+DROP DATABASE $db;
+});
+}
+$log = slurp_file($node->logfile, $log_offset);
+@fatal = $log =~ /^.*FATAL:.*$/mg;
+is(scalar(@fatal), 0, 'no FATAL after killed notifiers either') or diag join("\n", @fatal);
+
 # Slots were all freed: a new database still gets its notifier.
 $node->safe_psql('postgres', 'CREATE DATABASE last TEMPLATE tmpl');
 $node->safe_psql('last', q{SELECT lockext.enqueue('q', '{}')});
-ok($node->poll_query_until('last', $notifiers_of . q{'last'}, '1'),
-	'after more cycles than notifier slots, a new database gets its notifier');
+my $served = 0;
+for (1 .. 100)
+{
+	last if ($served = $node->safe_psql('last', $notifiers_of . q{'last'}) eq '1');
+	usleep(50_000);
+}
+ok($served, 'after more cycles than notifier slots, a new database gets its notifier');
 
 $node->stop;
 done_testing();
