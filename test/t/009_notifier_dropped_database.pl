@@ -35,14 +35,18 @@ my $log_offset = -s $node->logfile;
 my $notifiers_of = q{SELECT count(*) FROM pg_stat_activity
                      WHERE backend_type = 'lockext notifier' AND datname = };
 
-# One cycle on database `db`: create it from tmpl, enqueue one job there
-# through dblink, then (when `wait_connected`) wait until its notifier shows
-# in pg_stat_activity; then DROP DATABASE `db` (with `drop_options`), from
-# the same session and right after the enqueuing connection closed. Returns
-# the DROP's time in ms.
+# Notifiers seen connected to each database of a cycle that waited for one.
+my %seen;
+
+# One cycle on database `db`: create it from tmpl (with `create_options`),
+# enqueue one job there through dblink, then (when `wait_connected`) wait
+# until its notifier shows in pg_stat_activity; then DROP DATABASE `db`
+# (with `drop_options`), from the same session and right after the
+# enqueuing connection closed. Returns the DROP's time in ms.
 sub cycle
 {
-	my ($db, $wait_connected, $drop_options) = @_;
+	my ($db, $wait_connected, $drop_options, $create_options) = @_;
+	$create_options //= '';
 	my $connstr = 'host=' . $node->host . ' port=' . $node->port . " dbname=$db";
 	my $wait = $wait_connected ? qq{
 DO \$\$ BEGIN
@@ -53,9 +57,11 @@ DO \$\$ BEGIN
         PERFORM pg_sleep(0.01);
     END LOOP;
 END \$\$;
+SELECT 'notifiers=' || count(*) FROM pg_stat_activity
+ WHERE backend_type = 'lockext notifier' AND datname = '$db';
 } : '';
 	my $out = $node->safe_psql('postgres', qq{
-CREATE DATABASE $db TEMPLATE tmpl;
+CREATE DATABASE $db TEMPLATE tmpl $create_options;
 SELECT dblink_connect('e', '$connstr') \\g /dev/null
 SELECT * FROM dblink('e', \$\$SELECT lockext.enqueue('q', '{}')\$\$) AS t(id bigint) \\g /dev/null
 SELECT dblink_disconnect('e') \\g /dev/null
@@ -64,6 +70,7 @@ $wait
 DROP DATABASE $db $drop_options;
 \\timing off
 });
+	$seen{$db} = $1 if $out =~ /notifiers=(\d+)/;
 	$out =~ /Time: ([\d.]+) ms/ or die "no timing in: $out";
 	return $1;
 }
@@ -74,10 +81,18 @@ note sprintf('DROP right after the enqueue: max %.0f ms, %s', max(@quick),
 	join(' ', map { sprintf('%.0f', $_) } @quick));
 cmp_ok(max(@quick), '<', 1000, 'DROP DATABASE right after an enqueue takes under 1 s');
 
-my $idle_cycles = 5;
-my @idle = map { cycle("idle_$_", 1, '') } 1 .. $idle_cycles;
+# The last one in a tablespace of its own: a notifier finds the directory
+# of such a database under pg_tblspc/, not base/.
+my $ts_dir = $node->basedir . '/ts';
+mkdir $ts_dir or die "mkdir $ts_dir: $!";
+$node->safe_psql('postgres', "CREATE TABLESPACE ts LOCATION '$ts_dir'");
+my @idle = map { cycle("idle_$_", 1, '') } 1 .. 5;
+push @idle, cycle('idle_ts', 1, '', 'TABLESPACE ts');
+my $idle_cycles = scalar(@idle);
 note sprintf('DROP with the notifier connected: max %.0f ms, %s', max(@idle),
 	join(' ', map { sprintf('%.0f', $_) } @idle));
+is(join(',', map { $seen{"idle_$_"} } (1 .. 5, 'ts')),
+	'1,1,1,1,1,1', 'each waiting cycle saw its notifier connected, in a tablespace too');
 cmp_ok(max(@idle), '<', 1000,
 	'DROP DATABASE with the notifier connected and idle takes under 1 s');
 
