@@ -45,12 +45,15 @@
 //   takes it RowExclusiveLock in InitPostgres to connect, and DROP
 //   DATABASE, ALTER DATABASE RENAME / SET TABLESPACE and CREATE DATABASE
 //   ... TEMPLATE take modes that conflict with that)
-//     The worker takes it as a session lock before it connects, without
-//     waiting: a worker connecting under a DROP would die with FATAL 3D000
-//     (database does not exist), since DROP DATABASE does not count a
-//     process that has not yet advertised its database. While the lock is
-//     unavailable the worker retries every kLockRetryMs, unconnected, so the
-//     DROP goes ahead. Once it has the lock no DROP is under way, and the
+//     The worker takes it as a session lock before it connects: a worker
+//     connecting under a DROP would die with FATAL 3D000 (database does not
+//     exist), since DROP DATABASE does not count a process that has not yet
+//     advertised its database. It takes it without waiting (an unconnected
+//     process cannot wait for a heavyweight lock) and never while holding
+//     shared->lock. While the lock is unavailable the worker retries every
+//     kLockRetryMs, unconnected, so the DROP goes ahead; a DROP that comes
+//     while the worker holds it waits only for the worker's connection
+//     (milliseconds). Once the worker has it no DROP is under way, and the
 //     database exists exactly when its directory does: a worker that finds
 //     none forgets the database (its slot and its pending names) and leaves
 //     with exit code 0. Otherwise it connects (InitPostgres' own request is
