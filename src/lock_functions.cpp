@@ -285,6 +285,11 @@ void make_durable_or_release(const Key *key, const Result *r) {
 Datum acquire_impl(FunctionCallInfo fcinfo) {
     lockext_require_loaded();
     const Key key = key_arg(fcinfo, 0);
+    // Job leases of the queues (src/queue_ops.cpp) live under this prefix.
+    if (key.len >= 10 && memcmp(key.name, "lockext.q/", 10) == 0)
+        ereport(ERROR, (errcode(ERRCODE_RESERVED_NAME),
+                        errmsg("lock names starting with \"lockext.q/\" are reserved for queue "
+                               "jobs")));
     const lockext::Mode mode = mode_arg(fcinfo, 3);
     const Scope scope = scope_arg(fcinfo, 4);
     const std::int64_t ttl_us = ttl_arg(fcinfo, 1);

@@ -171,7 +171,7 @@ void lockext_wake_waiter(std::int32_t w, void *) {
 }
 
 // Release this backend's scoped locks and leave any wait queue.
-static void release_backend_locks(bool session, bool transaction) {
+static void release_backend_locks(bool session, bool transaction, bool commit) {
     LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
     const TimestampTz now = GetCurrentTimestamp();
     lockext::LockTable *t = lockext_shared->table;
@@ -179,8 +179,8 @@ static void release_backend_locks(bool session, bool transaction) {
         t->abandon(MyProc->pgprocno, now, lockext_wake_waiter, nullptr);
         t->stats().cancelled++;
     }
-    t->release_backend(MyProcPid, MyProc->pgprocno, session, transaction, now, lockext_wake_waiter,
-                       nullptr);
+    t->release_backend(MyProcPid, MyProc->pgprocno, session, transaction, commit, now,
+                       lockext_wake_waiter, nullptr);
     LWLockRelease(lockext_shared->table_lock);
 }
 
@@ -192,7 +192,7 @@ static void on_backend_exit(int, Datum) {
     // that can raise FATAL runs under table_lock, but never self-deadlock.
     if (LWLockHeldByMe(lockext_shared->table_lock))
         LWLockRelease(lockext_shared->table_lock);
-    release_backend_locks(true, true);
+    release_backend_locks(true, true, false);
     holds_xact_locks = false;
 }
 
@@ -203,14 +203,19 @@ static void on_xact_event(XactEvent event, void *) {
             if (holds_xact_locks)
                 ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                                 errmsg("cannot PREPARE a transaction that holds lockext "
-                                       "transaction-scope locks")));
+                                       "transaction-scope locks or has taken or finished "
+                                       "queue jobs")));
             break;
         case XACT_EVENT_COMMIT:
-        case XACT_EVENT_ABORT:
         case XACT_EVENT_PARALLEL_COMMIT:
+        case XACT_EVENT_ABORT:
         case XACT_EVENT_PARALLEL_ABORT:
+            // COMMIT comes after the commit is visible to other snapshots, so
+            // a job lease released here is taken by nobody who could still
+            // see the finished job's row.
             if (holds_xact_locks) {
-                release_backend_locks(false, true);
+                release_backend_locks(
+                    false, true, event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
                 holds_xact_locks = false;
             }
             break;
@@ -232,4 +237,10 @@ void lockext_register_backend_cleanup() {
 void lockext_note_scoped_grant(lockext::Scope scope) {
     if (scope == lockext::Scope::transaction)
         holds_xact_locks = true;
+}
+
+// Note that this transaction has job leases that its end settles.
+void lockext_note_pending_leases() {
+    lockext_register_backend_cleanup();
+    holds_xact_locks = true;
 }

@@ -71,7 +71,8 @@ std::size_t LockTable::bytes_needed(std::int32_t capacity, std::int32_t nwaiters
            align8(sizeof(Entry) * static_cast<std::size_t>(nentries)) +
            align8(sizeof(Holder) * static_cast<std::size_t>(capacity)) +
            align8(sizeof(Waiter) * static_cast<std::size_t>(nwaiters)) +
-           align8(sizeof(std::int32_t) * static_cast<std::size_t>(nwaiters));
+           align8(sizeof(std::int32_t) * static_cast<std::size_t>(nwaiters)) +
+           align8(sizeof(std::int32_t) * static_cast<std::size_t>(pow2_at_least(capacity)));
 }
 
 // Lay out an empty table in `mem`; called once by the postmaster.
@@ -82,9 +83,11 @@ LockTable *LockTable::create(void *mem, std::int32_t capacity, std::int32_t nwai
     t->nwaiters_ = nwaiters;
     t->nentries_ = capacity + nwaiters;
     t->nbuckets_ = pow2_at_least(static_cast<std::int64_t>(t->nentries_) * 2);
+    t->njob_buckets_ = pow2_at_least(capacity);
     t->last_token = 0;
     t->grace_until = 0;
     t->pinned_entry_ = -1;
+    t->reaped_job_ = 0;
     for (std::int32_t i = 0; i < t->nbuckets_; i++)
         t->buckets()[i] = -1;
     for (std::int32_t i = 0; i < t->nentries_; i++)
@@ -99,6 +102,8 @@ LockTable *LockTable::create(void *mem, std::int32_t capacity, std::int32_t nwai
         t->waiters()[i].prev = t->waiters()[i].next = -1;
         t->slot_heads()[i] = -1;
     }
+    for (std::int32_t i = 0; i < t->njob_buckets_; i++)
+        t->job_buckets()[i] = -1;
     return t;
 }
 
@@ -121,6 +126,13 @@ Waiter *LockTable::waiters() noexcept {
 std::int32_t *LockTable::slot_heads() noexcept {
     return reinterpret_cast<std::int32_t *>(reinterpret_cast<char *>(waiters()) +
                                             align8(sizeof(Waiter) * nwaiters_));
+}
+std::int32_t *LockTable::job_buckets() noexcept {
+    return reinterpret_cast<std::int32_t *>(reinterpret_cast<char *>(slot_heads()) +
+                                            align8(sizeof(std::int32_t) * nwaiters_));
+}
+const std::int32_t *LockTable::job_buckets() const noexcept {
+    return const_cast<LockTable *>(this)->job_buckets();
 }
 const std::int32_t *LockTable::buckets() const noexcept {
     return const_cast<LockTable *>(this)->buckets();
@@ -189,28 +201,100 @@ void LockTable::unlink_holder(std::int32_t h) noexcept {
         link = &holders()[*link].next;
     *link = ho.next;
     en.nholders--;
-    if (ho.slot_linked) {
-        if (ho.slot_prev >= 0)
-            holders()[ho.slot_prev].slot_next = ho.slot_next;
-        else
-            slot_heads()[ho.req.slot] = ho.slot_next;
-        if (ho.slot_next >= 0)
-            holders()[ho.slot_next].slot_prev = ho.slot_prev;
-        ho.slot_linked = false;
-    }
+    unlink_slot(h);
+    unlink_job(h);
+    ho.pending = Pending::none;
     ho.in_use = false;
     ho.next = free_holders_;
     free_holders_ = h;
     holders_used_--;
 }
 
-// Free the expired holders of entry `e`; returns how many.
-std::int32_t LockTable::reap_entry(std::int32_t e, Timestamp now) noexcept {
+// The job bucket of (dboid, job).
+static std::uint32_t job_hash(std::uint32_t dboid, std::int64_t job) {
+    std::uint64_t x = static_cast<std::uint64_t>(job) * 0x9e3779b97f4a7c15ull ^ dboid;
+    return static_cast<std::uint32_t>(x ^ (x >> 29));
+}
+
+// Link job lease `h` into its job bucket.
+void LockTable::link_job(std::int32_t h) noexcept {
+    Holder &ho = holders()[h];
+    std::int32_t &head = job_buckets()[job_hash(ho.req.dboid, ho.req.job) & (njob_buckets_ - 1)];
+    ho.job_next = head;
+    head = h;
+}
+
+// Unlink holder `h` from its job bucket, if it is a job lease.
+void LockTable::unlink_job(std::int32_t h) noexcept {
+    Holder &ho = holders()[h];
+    if (ho.req.job == 0)
+        return;
+    std::int32_t *link = &job_buckets()[job_hash(ho.req.dboid, ho.req.job) & (njob_buckets_ - 1)];
+    while (*link >= 0 && *link != h)
+        link = &holders()[*link].job_next;
+    if (*link == h)
+        *link = ho.job_next;
+    ho.job_next = -1;
+}
+
+// The live lease of job `job` held by `token` whose name starts with
+// `prefix`, or -1.
+std::int32_t LockTable::find_job(std::uint32_t dboid, std::int64_t job, std::int64_t token,
+                                 const char *prefix, int len, Timestamp now) const noexcept {
+    if (job == 0)
+        return -1;
+    for (std::int32_t h = job_buckets()[job_hash(dboid, job) & (njob_buckets_ - 1)]; h >= 0;
+         h = holders()[h].job_next) {
+        const Holder &ho = holders()[h];
+        if (ho.req.job != job || ho.req.dboid != dboid || ho.token != token || !live(ho, now))
+            continue;
+        const Entry &en = entries()[ho.entry];
+        if (en.name_len < len || std::memcmp(en.name, prefix, static_cast<std::size_t>(len)) != 0)
+            return -1;
+        return h;
+    }
+    return -1;
+}
+
+// Link holder `h` into the list of waiter slot `slot` (its backend's scoped
+// and pending holders).
+void LockTable::link_slot(std::int32_t h, std::int32_t slot) noexcept {
+    Holder &ho = holders()[h];
+    ho.req.slot = slot;
+    ho.slot_linked = true;
+    std::int32_t &head = slot_heads()[slot];
+    ho.slot_prev = -1;
+    ho.slot_next = head;
+    if (head >= 0)
+        holders()[head].slot_prev = h;
+    head = h;
+}
+
+// Unlink holder `h` from its slot's list, if it is on one.
+void LockTable::unlink_slot(std::int32_t h) noexcept {
+    Holder &ho = holders()[h];
+    if (!ho.slot_linked)
+        return;
+    if (ho.slot_prev >= 0)
+        holders()[ho.slot_prev].slot_next = ho.slot_next;
+    else
+        slot_heads()[ho.req.slot] = ho.slot_next;
+    if (ho.slot_next >= 0)
+        holders()[ho.slot_next].slot_prev = ho.slot_prev;
+    ho.slot_linked = false;
+}
+
+// Free the expired holders of entry `e`; returns how many. A job lease
+// freed here is remembered in reaped_job_; unless `jobs_too`, expired job
+// leases stay (their lapse is reported when the name is next acquired).
+std::int32_t LockTable::reap_entry(std::int32_t e, Timestamp now, bool jobs_too) noexcept {
     std::int32_t n = 0;
     std::int32_t h = entries()[e].holders;
     while (h >= 0) {
         const std::int32_t next = holders()[h].next;
-        if (!live(holders()[h], now)) {
+        if (!live(holders()[h], now) && (jobs_too || holders()[h].req.job == 0)) {
+            if (holders()[h].req.job != 0)
+                reaped_job_ = holders()[h].req.job;
             unlink_holder(h);
             n++;
         }
@@ -274,14 +358,17 @@ std::int32_t LockTable::grant(std::int32_t e, const Request &req, Timestamp now)
     ho.next = en.holders;
     en.holders = h;
     en.nholders++;
-    ho.slot_linked = req.scope != Scope::lease && req.slot >= 0 && req.slot < nwaiters_;
-    if (ho.slot_linked) {
-        std::int32_t &head = slot_heads()[req.slot];
-        ho.slot_prev = -1;
-        ho.slot_next = head;
-        if (head >= 0)
-            holders()[head].slot_prev = h;
-        head = h;
+    ho.slot_linked = false;
+    ho.pending = Pending::none;
+    ho.saved_expiry = 0;
+    ho.job_next = -1;
+    if (req.job != 0)
+        link_job(h);
+    const bool pending = req.scope == Scope::lease && req.pending;
+    if ((req.scope != Scope::lease || pending) && req.slot >= 0 && req.slot < nwaiters_) {
+        link_slot(h, req.slot);
+        if (pending)
+            ho.pending = Pending::granted;
     }
     stats_.acquired++;
     return h;
@@ -391,8 +478,10 @@ Result LockTable::acquire(const Key &key, const Request &req, Timestamp now, boo
     std::int32_t e = find_entry(key, hash);
     if (e >= 0) {
         // Expired holders are freed first so they neither block nor count.
+        reaped_job_ = 0;
         if (reap_entry(e, now) > 0)
             grant_waiters(e, now, wake, ctx);
+        r.lapsed_job = reaped_job_;
         const Entry &en = entries()[e];
         const bool want_sem = req.mode == Mode::semaphore;
         if (en.semaphore != want_sem || (want_sem && en.max_holders != req.max_holders)) {
@@ -590,22 +679,32 @@ Result LockTable::renew(const Key &key, std::int64_t token, std::int64_t ttl_us,
         new_ttl = ttl_us;
     else if (new_ttl > max_ttl_us)
         new_ttl = max_ttl_us;
-    const Timestamp new_expiry = expiry(now, new_ttl);
-    if (new_expiry != kNever && new_expiry > horizon) {
-        r.outcome = Outcome::not_durable;
-        r.token = ho.token;
-        r.expires_at = new_expiry;
+    if (!extend_holder(h, new_ttl, now, horizon, &r))
         return r;
-    }
-    ho.req.ttl_us = new_ttl;
-    ho.expires_at = new_expiry;
-    ho.renewed_at = now;
-    stats_.renewed++;
     // A shorter lease may now expire before the head planned to look again.
     if (entries()[e].queue_head >= 0)
         wake(entries()[e].queue_head, ctx);
-    r.expires_at = ho.expires_at;
     return r;
+}
+
+// Give holder `h` the expiry now + ttl_us unless that is past `horizon`
+// (then r says not_durable and nothing changes); false if refused.
+bool LockTable::extend_holder(std::int32_t h, std::int64_t ttl_us, Timestamp now, Timestamp horizon,
+                              Result *r) noexcept {
+    Holder &ho = holders()[h];
+    const Timestamp new_expiry = expiry(now, ttl_us);
+    r->token = ho.token;
+    r->expires_at = new_expiry;
+    if (new_expiry != kNever && new_expiry > horizon) {
+        r->outcome = Outcome::not_durable;
+        return false;
+    }
+    ho.req.ttl_us = ttl_us;
+    ho.expires_at = new_expiry;
+    ho.renewed_at = now;
+    stats_.renewed++;
+    r->outcome = Outcome::granted;
+    return true;
 }
 
 // Release a live lease and hand the lock to the next waiters.
@@ -628,6 +727,134 @@ Result LockTable::release(const Key &key, std::int64_t token, Timestamp now,
     return r;
 }
 
+// Mark a live lease as finished by the open transaction of backend `pid`:
+// it no longer expires, and end_xact settles it (see the header).
+Result LockTable::finish(const Key &key, std::int64_t token, Timestamp now, std::int32_t pid,
+                         std::int32_t slot) noexcept {
+    Result r{};
+    std::int32_t e;
+    const std::int32_t h = held_by(key, token, now, 0, true, &e, &r);
+    if (h < 0 || slot < 0 || slot >= nwaiters_) {
+        r.outcome = Outcome::not_held;
+        return r;
+    }
+    return finish_holder(h, pid, slot);
+}
+
+// Mark live holder `h` finishing in the transaction of backend `pid`.
+Result LockTable::finish_holder(std::int32_t h, std::int32_t pid, std::int32_t slot) noexcept {
+    Result r{};
+    Holder &ho = holders()[h];
+    r.outcome = Outcome::granted;
+    r.token = ho.token;
+    switch (ho.pending) {
+        case Pending::none:
+            ho.saved_expiry = ho.expires_at;
+            ho.expires_at = kNever;
+            ho.req.pid = pid;
+            link_slot(h, slot);
+            ho.pending = Pending::finishing;
+            break;
+        case Pending::granted:
+            // Taken by a transaction that has not ended: only that one may finish it.
+            if (ho.req.pid != pid || ho.req.slot != slot) {
+                r.outcome = Outcome::not_held;
+                return r;
+            }
+            ho.pending = Pending::granted_finishing;
+            break;
+        case Pending::finishing:
+        case Pending::granted_finishing:
+            if (ho.req.pid != pid || ho.req.slot != slot) {
+                r.outcome = Outcome::not_held;
+                return r;
+            }
+            break;
+    }
+    r.expires_at = ho.expires_at;
+    return r;
+}
+
+// Mark the live lease of job `job` finishing; see the header.
+Result LockTable::finish_job(std::uint32_t dboid, std::int64_t job, std::int64_t token,
+                             const char *prefix, int len, Timestamp now, std::int32_t pid,
+                             std::int32_t slot, bool *keyed) noexcept {
+    Result r{};
+    r.outcome = Outcome::not_held;
+    const std::int32_t h = find_job(dboid, job, token, prefix, len, now);
+    if (h < 0 || slot < 0 || slot >= nwaiters_)
+        return r;
+    const Entry &en = entries()[holders()[h].entry];
+    // Names are <prefix>k/<key>, <prefix>h/<hash> or <prefix>j/<id>.
+    *keyed = en.name_len > len && en.name[len] != 'j';
+    return finish_holder(h, pid, slot);
+}
+
+// Extend the live lease of job `job`; see the header.
+Result LockTable::renew_job(std::uint32_t dboid, std::int64_t job, std::int64_t token,
+                            const char *prefix, int len, std::int64_t ttl_us, Timestamp now,
+                            Timestamp horizon) noexcept {
+    Result r{};
+    r.outcome = Outcome::not_held;
+    const std::int32_t h = find_job(dboid, job, token, prefix, len, now);
+    if (h < 0 || holders()[h].pending == Pending::finishing ||
+        holders()[h].pending == Pending::granted_finishing)
+        return r;
+    (void)extend_holder(h, ttl_us, now, horizon, &r);
+    return r;
+}
+
+// Mark every job lease of `dboid` named `prefix`... finishing; see the header.
+std::int32_t LockTable::finish_all(std::uint32_t dboid, const char *prefix, int len, Timestamp now,
+                                   std::int32_t pid, std::int32_t slot) noexcept {
+    std::int32_t n = 0;
+    if (slot < 0 || slot >= nwaiters_)
+        return 0;
+    for (std::int32_t h = 0; h < capacity_; h++) {
+        Holder &ho = holders()[h];
+        if (!ho.in_use || ho.req.job == 0 || ho.req.dboid != dboid)
+            continue;
+        const std::int32_t e = ho.entry;
+        const Entry &en = entries()[e];
+        if (en.name_len < len || std::memcmp(en.name, prefix, static_cast<std::size_t>(len)) != 0)
+            continue;
+        if (!live(ho, now)) {
+            unlink_holder(h);
+            stats_.expired++;
+            free_entry_if_unused(e);
+        } else if (ho.pending == Pending::none) {
+            (void)finish_holder(h, pid, slot);
+            n++;
+        }
+    }
+    return n;
+}
+
+// The job that the live lease `token` of `key` runs, or 0.
+std::int64_t LockTable::job_of(const Key &key, std::int64_t token, Timestamp now) const noexcept {
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return 0;
+    const std::int32_t h = find_holder(e, token);
+    if (h < 0 || !live(holders()[h], now))
+        return 0;
+    return holders()[h].req.job;
+}
+
+// Make the live lease `token` of `key` run job `job`.
+void LockTable::set_job(const Key &key, std::int64_t token, std::int64_t job) noexcept {
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return;
+    const std::int32_t h = find_holder(e, token);
+    if (h < 0)
+        return;
+    unlink_job(h);
+    holders()[h].req.job = job;
+    if (job != 0)
+        link_job(h);
+}
+
 // Release every holder of `key` regardless of token; returns the count.
 std::int32_t LockTable::force_release(const Key &key, Timestamp now, WakeFn wake,
                                       void *ctx) noexcept {
@@ -648,7 +875,7 @@ std::int32_t LockTable::force_release(const Key &key, Timestamp now, WakeFn wake
 
 // Release holders of backend `pid` in session and/or transaction scope.
 std::int32_t LockTable::release_backend(std::int32_t pid, std::int32_t slot, bool session,
-                                        bool transaction, Timestamp now, WakeFn wake,
+                                        bool transaction, bool commit, Timestamp now, WakeFn wake,
                                         void *ctx) noexcept {
     std::int32_t n = 0;
     if (slot < 0 || slot >= nwaiters_)
@@ -662,10 +889,23 @@ std::int32_t LockTable::release_backend(std::int32_t pid, std::int32_t slot, boo
     for (std::int32_t h = slot_heads()[slot]; h >= 0; h = next) {
         Holder &ho = holders()[h];
         next = ho.slot_next;
-        if (ho.req.pid != pid ||  // left by an earlier backend in this slot
-            !((session && ho.req.scope == Scope::session) ||
-              (transaction && ho.req.scope == Scope::transaction)))
+        if (ho.req.pid != pid)  // left by an earlier backend in this slot
             continue;
+        if (transaction && ho.pending != Pending::none) {
+            // A job lease this transaction took or finished.
+            const bool keep =
+                commit ? ho.pending == Pending::granted : ho.pending == Pending::finishing;
+            if (keep) {
+                if (ho.pending == Pending::finishing)
+                    ho.expires_at = ho.saved_expiry;
+                ho.pending = Pending::none;
+                unlink_slot(h);
+                continue;
+            }
+        } else if (!((session && ho.req.scope == Scope::session) ||
+                     (transaction && ho.req.scope == Scope::transaction))) {
+            continue;
+        }
         const std::int32_t e = ho.entry;
         unlink_holder(h);
         n++;
@@ -694,12 +934,12 @@ std::int32_t LockTable::reap_all_but(std::int32_t skip, Timestamp now) noexcept 
 }
 
 // Free every expired holder; returns the count.
-std::int32_t LockTable::reap_all(Timestamp now, WakeFn wake, void *ctx) noexcept {
+std::int32_t LockTable::reap_all(Timestamp now, WakeFn wake, void *ctx, bool jobs_too) noexcept {
     std::int32_t n = 0;
     for (std::int32_t e = 0; e < nentries_; e++) {
         if (!entries()[e].in_use)
             continue;
-        const std::int32_t k = reap_entry(e, now);
+        const std::int32_t k = reap_entry(e, now, jobs_too);
         if (k == 0)
             continue;
         n += k;
@@ -722,6 +962,21 @@ std::int32_t LockTable::snapshot_holders(std::uint32_t dboid, Timestamp now, Hol
         std::memcpy(out[n].name, en.name, en.name_len);
         out[n].name[en.name_len] = '\0';
         n++;
+    }
+    return n;
+}
+
+// The jobs of the live job leases of `dboid` named `prefix`..., into `out`.
+std::int32_t LockTable::job_leases(std::uint32_t dboid, const char *prefix, int len, Timestamp now,
+                                   std::int64_t *out, std::int32_t max) const noexcept {
+    std::int32_t n = 0;
+    for (std::int32_t h = 0; h < capacity_ && n < max; h++) {
+        const Holder &ho = holders()[h];
+        if (!ho.in_use || ho.req.job == 0 || !live(ho, now) || ho.req.dboid != dboid)
+            continue;
+        const Entry &en = entries()[ho.entry];
+        if (en.name_len >= len && std::memcmp(en.name, prefix, static_cast<std::size_t>(len)) == 0)
+            out[n++] = ho.req.job;
     }
     return n;
 }

@@ -158,7 +158,7 @@ Datum stats_impl(FunctionCallInfo fcinfo) {
         elog(ERROR, "lockext: stats must return a composite type");
     LockTable *t = lockext_shared->table;
     LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
-    t->reap_all(GetCurrentTimestamp(), lockext_wake_waiter, nullptr);
+    t->reap_all(GetCurrentTimestamp(), lockext_wake_waiter, nullptr, false);
     const lockext::Stats s = t->stats();
     const std::int32_t used = t->slots_used();
     LWLockRelease(lockext_shared->table_lock);

@@ -1,52 +1,67 @@
-// The hot paths of the job queues: enqueue, dequeue and complete.
+// The job queues' state machine: enqueue, dequeue, complete, fail, extend,
+// requeue, and the rare paths (due delayed jobs, lapsed leases, burial).
 //
-// Why C and not PL/pgSQL: a statement on lockext.jobs (or on one queue's
-// table) is planned over every partition it might touch, and a generic plan
-// locks and initialises all of them on every execution: with ten queues of
-// eight partitions, a one-row DELETE opened 88 tables and their indexes. Here
-// every statement that changes a job names the one leaf partition that holds
-// it, through a plan prepared once per backend and leaf:
-//  - a job id carries its leaf: id = nextval(job_id_seq) * kIdStride + the
-//    hash remainder of its key, so complete and the dequeue's update go
-//    straight to the leaf (ids still rise in enqueue order, and all jobs of a
-//    key share one leaf);
-//  - enqueue computes the remainder with the partition key's own hash
-//    support function, exactly as tuple routing does;
-//  - only the ready-job scan and the due/expired probe read the queue's
-//    whole table, as scans (no result relations to open).
-// The rules are those of the SQL in sql/lockext--0.1.0.sql (one ready,
-// delayed or running job per key, at the head of the key's line), which the
-// rare paths (lease expiry, delayed promotion, retries) still use.
+// A JOB IS A ROW; A RUNNING JOB IS A LEASE. The jobs table holds what must
+// survive anything: the job, its attempt count so far, and whether it may
+// run now ('ready') or from run_at on ('delayed'). That a job is running
+// lives only in the lock table in shared memory (src/lock_table.cpp): a
+// lease named after the job's key (lockext.q/<queue>/k/<key>, or /h/<hash>
+// for a key too long for a lock name) or, for a job without a key, after
+// its id (lockext.q/<queue>/j/<id>). The lease carries the job's id, and its
+// fencing token is the job's token. So dequeue writes nothing durable on
+// its common path, and the lock core's crash rules cover jobs: tokens never
+// repeat, and after a restart no lease (so no job) is handed out before
+// every lease granted before it has expired.
 //
-// PER-KEY LOCKING PROTOCOL
-//   Every change to which job heads a key's line (enqueue of a keyed job,
-//   the finish of a key's head by completion or death, redrive) runs under
-//   the key lock: an ExclusiveLock in PostgreSQL's lock manager on
-//   (database, 64-bit hash of queue and key), transaction scope, tagged
-//   kKeyLockTag so it never meets a user's advisory lock. Several keys are
-//   locked in hash order. Above the key locks is the queue lock (same
-//   scope, kQueueLockTag, hash of the queue name): a call takes it in
-//   ShareLock mode right after the key locks it took, and before it reads
-//   or changes the keys' lines. Once a transaction's key locks would pass
-//   key_lock_budget() (only keys it does not hold yet count), it takes the
-//   queue lock in ExclusiveLock mode instead, which stands for every key
-//   lock of the queue, and takes no more key locks there: every other
-//   writer of the queue's lines is then either done with its call (it
-//   holds the ShareLock: we wait for its commit) or will wait for the
-//   ShareLock before it reads a line (it may hold the key lock meanwhile,
-//   which we no longer need). So a bulk transaction holds a bounded number
-//   of locks and cannot fill the server's lock table; it serialises with
-//   the queue's other writers instead. The ShareLock comes after the keys
-//   so that a writer waiting for one of the escalating transaction's keys
-//   holds no ShareLock it waits for; a transaction that took the ShareLock
-//   in an earlier call and waits for such a key in a later one can still
-//   close a cycle (40P01, as key locks taken across calls in opposite
-//   orders can). Row locks on running jobs (the DELETE of a
-//   finished job) are taken before its key lock; a waiting job's row is
-//   locked only under its key lock (promotion). While holding the key lock,
-//   a transaction reads the key's jobs with the latest snapshot, not its
-//   own: it then sees everything committed by the key's previous lock
-//   holders, at every isolation level.
+// Per-key order. The jobs of a key share one lease name, so at most one of
+// them runs at a time; dequeue takes a job only when it is its key's head,
+// the live job with the lowest id (the recheck, below). A key whose head is
+// delayed (a retry in backoff, a job scheduled for later) holds back the
+// jobs behind it. Ids rise in the order enqueues take them, so jobs of a key
+// run in enqueue order when its enqueues do not overlap in time; of two
+// concurrent uncommitted enqueues the first to commit may run first.
+//
+// DEQUEUE PROTOCOL (no row locks: rows are read, never locked, by dequeue)
+//  1. Scan a leaf's ready jobs in (priority DESC, id) order with the latest
+//     snapshot.
+//  2. For each row whose key this call has not met yet, try its lease in
+//     the lock table without waiting, as a pending lease (Pending::granted:
+//     the transaction's abort releases it, its commit keeps it).
+//  3. Recheck the granted rows with a new latest snapshot taken after the
+//     grants: the row is still there, still ready, and no earlier live job
+//     of its key exists. A job finished by a commit is gone for any
+//     snapshot taken after its lease was released (complete releases at
+//     commit, after the commit is visible: see lock_shmem.cpp), so a
+//     finished job is never handed out again. Rows failing the recheck give
+//     their lease back at once.
+//  4. Return the rest with attempt + 1 and the lease's token and expiry.
+//
+// FINISHING (complete, fail, requeue): the job's row is read by id, the
+// lease is marked finishing by this transaction in the lock table (it then
+// cannot expire before the transaction ends, so no other worker takes the
+// job meanwhile), the row is deleted or updated, and the lease is released
+// at commit (restored at abort). A token finishes only the job it was
+// handed out for: the lease's job id must match.
+//
+// ATTEMPTS. A row's attempt counts finished or lapsed deliveries. A
+// delivery is counted when it fails (fail writes attempt + 1) or, when its
+// lease ran out unfinished, by the next dequeue that takes the lease's name:
+// the lock table keeps an expired job lease until its name is acquired
+// again, and reports its job (Result::lapsed_job), whose count that dequeue
+// raises (burying the job when that was its last attempt). A server restart
+// forgets running leases: a job that was running then is delivered again
+// with the same attempt number.
+//
+// Lock order: table_lock (the lock table) is taken only around calls into
+// the lock core, never while running SQL; row locks are taken only by the
+// finishing statements (on rows whose lease this transaction is finishing,
+// so they never wait on each other) and by the rare paths.
+//
+// Why C: each statement names the one leaf partition that holds its job,
+// through a plan prepared once per backend and leaf (a statement on the
+// queue table would open every partition). A job id carries its leaf:
+// id = nextval(job_id_seq) * kIdStride + the hash remainder of its key, as
+// tuple routing computes it with the partition key's support function.
 //
 // Bodies keep only plain data on the stack (include/lockext/pg_guard.hpp):
 // SPI and ereport may longjmp through them.
@@ -67,7 +82,6 @@ extern "C" {
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "storage/lmgr.h"
-#include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -82,10 +96,14 @@ extern "C" {
 #include "utils/tuplestore.h"
 }
 
-#include <algorithm>
-
+#include "lockext/lock_shmem.hpp"
 #include "lockext/pg_guard.hpp"
 #include "lockext/queue_notify.hpp"
+
+using lockext::Key;
+using lockext::LockTable;
+using lockext::Outcome;
+using lockext::Request;
 
 namespace {
 
@@ -93,23 +111,26 @@ namespace {
 // 1024 partitions).
 constexpr int64 kIdStride = 1024;
 constexpr const char *kSchema = "lockext";
+// Lease names of jobs start with this; acquire() refuses it to users.
+constexpr const char *kLeasePrefix = "lockext.q/";
 
 // Statements with a cached plan; each is prepared per relation it names.
 enum Stmt : int {
-    kInsert,       // queue table: insert one unkeyed job (routing beats a leaf's constraint check)
-    kInsertKeyed,  // queue table: insert a keyed job, waiting if its leaf has others of the key
-    kProbe,        // queue table: any delayed job due, any running lease expired?
-    kReady,        // queue table: pick ready jobs, row-locked
-    kTake,         // leaf: lease the picked jobs
-    kDelete,       // leaf: complete one job by id and token
-    kLockMany,     // leaf: lock jobs of a batch in id order
-    kDeleteMany,   // leaf: complete a batch's jobs by id and token
-    kKeysBusy,     // leaf: which of these keys have live jobs
-    kInsertMany,   // queue table: insert a batch of prepared jobs
-    kPromoteMany,  // leaf: make each listed key's next job ready
-    kExpired,      // SQL: _dequeue_expired(queue, n, lease, worker)
-    kPromoteDue,   // SQL: _promote_delayed(queue)
-    kPurgeDead,    // dead_jobs: delete a dropped queue's dead jobs
+    kInsert,      // leaf: insert one job
+    kInsertMany,  // queue table: insert a batch of jobs
+    kScan,        // leaf: ready jobs in dequeue order (a cursor)
+    kScanFrom,    // leaf: the same from a position on
+    kRecheck,     // leaf: which granted jobs are still ready key heads, with their rows
+    kLapse,       // leaf: count a lapsed delivery; true when it was the last attempt
+    kBury,        // leaf: move a job to dead_jobs
+    kFind,        // leaf: a job's key and attempts, by id
+    kFindMany,    // leaf: jobs' ids and keys, by ids
+    kDelete,      // leaf: delete a job by id
+    kDeleteMany,  // leaf: delete jobs by ids
+    kRetry,       // leaf: a failed job waits for its retry
+    kProbe,       // queue table: is any delayed job due?
+    kPromoteDue,  // queue table: due delayed jobs become ready
+    kPurgeDead,   // dead_jobs: delete a dropped queue's dead jobs
     kStmtCount
 };
 
@@ -124,87 +145,84 @@ struct PlanEntry {
     SPIPlanPtr plan;
 };
 
-// Backend-local plans, kept for the session. Plans are parsed by relation
-// name, so when a queue is dropped and created again the plan cache re-plans
-// them against the new tables.
-HTAB *plans = nullptr;
+// The columns dequeue reads and returns, after the id.
+#define JOB_COLS "j.id, j.key, j.payload, j.attempt, j.max_attempts, j.enqueued_at"
 
-// The SQL of each statement; %s is the quoted relation name where it has one.
+// The SQL of each statement; %1$s is the quoted leaf, %2$s the queue table.
 const char *stmt_sql(int stmt) {
     switch (stmt) {
         case kInsert:
-            return "INSERT INTO lockext.%s (queue, id, key, payload, state, run_at, priority, "
+            return "INSERT INTO lockext.%1$s (queue, id, key, payload, state, run_at, priority, "
                    "max_attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-        case kInsertKeyed:
-            // %1$s is the key's leaf, %2$s the queue table. Run with the
-            // latest snapshot under the key lock: see the protocol above.
-            return "INSERT INTO lockext.%2$s (queue, id, key, payload, state, run_at, priority, "
-                   "max_attempts) SELECT $1, $2, $3, $4, CASE WHEN EXISTS (SELECT 1 FROM "
-                   "lockext.%1$s w WHERE w.key = $3) THEN 'waiting' ELSE $5 END, $6, $7, $8";
-        case kProbe:
-            return "SELECT EXISTS (SELECT 1 FROM lockext.%1$s d WHERE d.state = 'delayed' "
-                   "AND d.run_at <= now()), EXISTS (SELECT 1 FROM lockext.%1$s e "
-                   "WHERE e.state = 'running' AND e.lease_expires_at <= now())";
-        case kReady:
-            return "SELECT r.id FROM lockext.%s r WHERE r.state = 'ready' AND r.run_at <= now() "
-                   "ORDER BY r.priority DESC, r.id LIMIT $1 FOR UPDATE SKIP LOCKED";
-        // Statements that find jobs by id test their state against a
-        // sub-select, not a literal: the planner can then not match it to a
-        // partial index's predicate (state = 'running', 'ready'). With
-        // churned statistics (a bloated leaf analysed when it held a few
-        // live rows) it otherwise reads that whole partial index, dead
-        // entries and all, instead of looking the ids up: a batch complete
-        // took 70-220 ms instead of 7 ms after a 1,000,000-job churn.
-        case kTake:
-            return "UPDATE lockext.%s j SET state = 'running', attempt = j.attempt + 1, "
-                   "token = nextval('lockext.job_token_seq'::regclass), "
-                   "lease_expires_at = clock_timestamp() + $2, worker = $3 "
-                   "WHERE j.id = ANY ($1) AND j.state = (SELECT 'ready'::text) "
-                   "RETURNING j.id, j.key, j.payload, j.attempt, j.token, j.enqueued_at, "
-                   "j.lease_expires_at";
-        case kDelete:
-            return "DELETE FROM lockext.%s j WHERE j.id = $1 AND j.token = $2 "
-                   "AND j.state = (SELECT 'running'::text) RETURNING j.key";
-        case kLockMany:
-            return "SELECT 1 FROM lockext.%s j WHERE j.id = ANY ($1) "
-                   "AND j.state = (SELECT 'running'::text) ORDER BY j.id FOR UPDATE";
-        case kDeleteMany:
-            return "DELETE FROM lockext.%s j WHERE j.id = ANY ($1) "
-                   "AND j.state = (SELECT 'running'::text) AND (j.id, j.token) IN (SELECT d.id, "
-                   "d.token FROM unnest($1, $2) AS d(id, "
-                   "token)) RETURNING j.key, j.id";
-        case kKeysBusy:
-            return "SELECT DISTINCT w.key FROM lockext.%s w WHERE w.key = ANY ($1)";
         case kInsertMany:
-            return "INSERT INTO lockext.%s (queue, id, key, payload, state, run_at, priority, "
+            return "INSERT INTO lockext.%1$s (queue, id, key, payload, state, run_at, priority, "
                    "max_attempts) SELECT $1, u.id, u.key, u.payload, u.state, u.run_at, "
                    "u.priority, u.max_attempts FROM unnest($2, $3, $4, $5, $6, $7, $8) "
                    "AS u(id, key, payload, state, run_at, priority, max_attempts)";
-        case kPromoteMany:
-            // Each key's next job is its earliest after the one just
-            // finished (`after`): that one was the key's head (only a head
-            // runs), so every live job of the key comes after it. Starting
-            // the scan there also steps over the dead entries of the key's
-            // finished jobs, which after heavy churn outnumber its live ones
-            // until vacuum. The next row after (key, after) in (key, id)
-            // order is found with a row comparison and no equality on the
-            // key (an equality would make the key a constant of the order):
-            // that order only the (key, id) index gives, so the planner
-            // cannot pick the id index and filter on the key, reading every
-            // later job of the leaf. The row found belongs to the key or the
-            // key has no next job. The heads are found first (an InitPlan),
-            // then updated by id.
-            return "UPDATE lockext.%1$s j "
-                   "SET state = CASE WHEN j.run_at > now() THEN 'delayed' ELSE 'ready' END "
-                   "WHERE j.id = ANY (ARRAY(SELECT head.id FROM unnest($1, $2) AS ks(key, after) "
-                   "CROSS JOIN LATERAL (SELECT w.id, w.key, w.state FROM lockext.%1$s w "
-                   "WHERE w.key IS NOT NULL AND (w.key, w.id) > (ks.key, ks.after) "
-                   "ORDER BY w.key, w.id LIMIT 1) head "
-                   "WHERE head.key = ks.key AND head.state = 'waiting')) AND j.state = 'waiting'";
-        case kExpired:
-            return "SELECT * FROM lockext._dequeue_expired($1, $2, $3, $4)";
+        case kScan:
+            return "SELECT j.id, j.key, j.priority FROM lockext.%1$s j WHERE j.state = 'ready' "
+                   "ORDER BY j.priority DESC, j.id";
+        case kScanFrom:
+            // From ($1, $2) on in (priority DESC, id) order: two ranges of the
+            // ready index, appended in that order.
+            return "(SELECT j.id, j.key, j.priority FROM lockext.%1$s j WHERE j.state = 'ready' "
+                   "AND j.priority = $1 AND j.id >= $2 ORDER BY j.priority DESC, j.id) "
+                   "UNION ALL (SELECT j.id, j.key, j.priority FROM lockext.%1$s j "
+                   "WHERE j.state = 'ready' AND j.priority < $1 ORDER BY j.priority DESC, j.id)";
+        // Statements that find jobs by id test their state against a
+        // sub-select, not a literal: the planner can then not match it to
+        // the partial ready index's predicate. With churned statistics (a
+        // bloated leaf analysed when it held a few live rows) it otherwise
+        // reads that whole index, dead entries and all, instead of looking
+        // the ids up.
+        case kRecheck:
+            // $1, $2: the granted rows' ids and keys. A keyed row stands for
+            // its key: what comes back is the key's head (the live job with
+            // the lowest id) if that is ready, which may be another row than
+            // the one scanned (a later job of higher priority, or a head the
+            // scan's snapshot did not see yet). `ord` says which candidate.
+            return "SELECT h.id, h.key, h.payload, h.attempt, h.max_attempts, h.enqueued_at, "
+                   "u.ord::int FROM unnest($1, $2) WITH ORDINALITY AS u(id, key, ord) "
+                   "CROSS JOIN LATERAL (SELECT " JOB_COLS
+                   ", j.state FROM lockext.%1$s j "
+                   "WHERE j.key = u.key ORDER BY j.key, j.id LIMIT 1) h "
+                   "WHERE u.key IS NOT NULL AND h.state = 'ready' "
+                   "UNION ALL SELECT " JOB_COLS
+                   ", u.ord::int "
+                   "FROM unnest($1, $2) WITH ORDINALITY AS u(id, key, ord) "
+                   "JOIN lockext.%1$s j ON j.id = u.id "
+                   "WHERE u.key IS NULL AND j.state = (SELECT 'ready'::text)";
+        case kLapse:
+            return "UPDATE lockext.%1$s j SET attempt = j.attempt + 1 WHERE j.id = $1 "
+                   "AND j.state = (SELECT 'ready'::text) RETURNING j.attempt >= j.max_attempts";
+        case kBury:
+            return "WITH gone AS (DELETE FROM lockext.%1$s j WHERE j.id = $1 RETURNING j.*) "
+                   "INSERT INTO lockext.dead_jobs (queue, id, key, payload, priority, attempt, "
+                   "max_attempts, last_error, enqueued_at) SELECT g.queue, g.id, g.key, "
+                   "g.payload, g.priority, g.attempt + $3, g.max_attempts, "
+                   "coalesce($2, g.last_error), g.enqueued_at FROM gone g";
+        case kFind:
+            return "SELECT j.key, j.attempt, j.max_attempts FROM lockext.%1$s j WHERE j.id = $1 "
+                   "AND j.state = (SELECT 'ready'::text)";
+        case kFindMany:
+            return "SELECT j.id, j.key FROM lockext.%1$s j WHERE j.id = ANY ($1) "
+                   "AND j.state = (SELECT 'ready'::text)";
+        case kDelete:
+            return "DELETE FROM lockext.%1$s j WHERE j.id = $1";
+        case kDeleteMany:
+            return "DELETE FROM lockext.%1$s j WHERE j.id = ANY ($1)";
+        case kRetry:
+            return "UPDATE lockext.%1$s j SET state = 'delayed', attempt = j.attempt + 1, "
+                   "last_error = $2, run_at = now() + coalesce($3, "
+                   "lockext.backoff(j.attempt + 1)) WHERE j.id = $1";
+        case kProbe:
+            return "SELECT EXISTS (SELECT 1 FROM lockext.%1$s d WHERE d.state = 'delayed' "
+                   "AND d.run_at <= now())";
         case kPromoteDue:
-            return "SELECT lockext._promote_delayed($1)";
+            return "UPDATE lockext.%1$s j SET state = 'ready' WHERE j.id = ANY (ARRAY("
+                   "SELECT d.id FROM lockext.%1$s d WHERE d.state = 'delayed' "
+                   "AND d.run_at <= now() ORDER BY d.run_at LIMIT 1000 FOR UPDATE SKIP LOCKED)) "
+                   "AND j.state = (SELECT 'delayed'::text)";
         case kPurgeDead:
             return "DELETE FROM lockext.dead_jobs d WHERE d.queue = $1";
     }
@@ -216,7 +234,6 @@ const char *stmt_sql(int stmt) {
 int stmt_params(int stmt, Oid *types) {
     switch (stmt) {
         case kInsert:
-        case kInsertKeyed:
             types[0] = TEXTOID;
             types[1] = INT8OID;
             types[2] = TEXTOID;
@@ -226,30 +243,6 @@ int stmt_params(int stmt, Oid *types) {
             types[6] = INT4OID;
             types[7] = INT4OID;
             return 8;
-        case kProbe:
-            return 0;
-        case kReady:
-            types[0] = INT4OID;
-            return 1;
-        case kTake:
-            types[0] = INT8ARRAYOID;
-            types[1] = INTERVALOID;
-            types[2] = TEXTOID;
-            return 3;
-        case kDelete:
-            types[0] = INT8OID;
-            types[1] = INT8OID;
-            return 2;
-        case kLockMany:
-            types[0] = INT8ARRAYOID;
-            return 1;
-        case kDeleteMany:
-            types[0] = INT8ARRAYOID;
-            types[1] = INT8ARRAYOID;
-            return 2;
-        case kKeysBusy:
-            types[0] = TEXTARRAYOID;
-            return 1;
         case kInsertMany:
             types[0] = TEXTOID;
             types[1] = INT8ARRAYOID;
@@ -260,23 +253,48 @@ int stmt_params(int stmt, Oid *types) {
             types[6] = INT4ARRAYOID;
             types[7] = INT4ARRAYOID;
             return 8;
-        case kPromoteMany:
-            types[0] = TEXTARRAYOID;
-            types[1] = INT8ARRAYOID;
+        case kScanFrom:
+            types[0] = INT4OID;
+            types[1] = INT8OID;
             return 2;
-        case kExpired:
-            types[0] = TEXTOID;
-            types[1] = INT4OID;
-            types[2] = INTERVALOID;
-            types[3] = TEXTOID;
-            return 4;
+        case kScan:
+        case kProbe:
         case kPromoteDue:
+            return 0;
+        case kRecheck:
+            types[0] = INT8ARRAYOID;
+            types[1] = TEXTARRAYOID;
+            return 2;
+        case kFindMany:
+        case kDeleteMany:
+            types[0] = INT8ARRAYOID;
+            return 1;
+        case kLapse:
+        case kFind:
+        case kDelete:
+            types[0] = INT8OID;
+            return 1;
+        case kBury:
+            types[0] = INT8OID;
+            types[1] = TEXTOID;
+            types[2] = INT4OID;
+            return 3;
+        case kRetry:
+            types[0] = INT8OID;
+            types[1] = TEXTOID;
+            types[2] = INTERVALOID;
+            return 3;
         case kPurgeDead:
             types[0] = TEXTOID;
             return 1;
     }
     return 0;
 }
+
+// Backend-local plans, kept for the session. Plans are parsed by relation
+// name, so when a queue is dropped and created again the plan cache re-plans
+// them against the new tables.
+HTAB *plans = nullptr;
 
 // The session's plan for `stmt` on relation `rel` (NULL: none), preparing it
 // on first use. Call inside SPI_connect.
@@ -330,9 +348,10 @@ int run(int stmt, const char *rel, Datum *values, const char *nulls, long limit 
     return rc;
 }
 
-// Run a cached statement with the latest snapshot: under a key lock, the
-// key's jobs must be read as its previous lock holders committed them, even
-// when the transaction's own snapshot is older (REPEATABLE READ).
+// Run a cached statement with the latest snapshot: after taking a job's
+// lease, its key's jobs must be read as the lease's previous holders
+// committed them, even when the transaction's own snapshot is older
+// (REPEATABLE READ) or the statement's was taken before the lease.
 int run_latest(int stmt, const char *rel, Datum *values, const char *nulls) {
     int rc = SPI_execute_snapshot(plan_for(stmt, rel), values, nulls, GetLatestSnapshot(),
                                   InvalidSnapshot, false, true, 0);
@@ -358,13 +377,14 @@ constexpr int32 kMaxSpanYears = 1000;
 // Raise 22023 unless `what` is positive (zero too if zero_ok) and under the cap, in
 // total and in each field: with mixed signs, now() + span can overflow midway.
 void check_span(bool isnull, Datum span, const char *what, bool zero_ok) {
+    if (isnull)
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", what)));
     Interval zero, cap;
     memset(&zero, 0, sizeof(zero));
     memset(&cap, 0, sizeof(cap));
     cap.month = kMaxSpanYears * MONTHS_PER_YEAR;
-    int sign =
-        isnull ? -1
-               : DatumGetInt32(DirectFunctionCall2(interval_cmp, span, IntervalPGetDatum(&zero)));
+    int sign = DatumGetInt32(DirectFunctionCall2(interval_cmp, span, IntervalPGetDatum(&zero)));
     if (sign < 0 || (sign == 0 && !zero_ok))
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg(zero_ok ? "%s must not be negative" : "%s must be positive", what)));
@@ -465,340 +485,632 @@ int64 remainder_of(Oid relid, Datum key, bool key_null) {
     return rem;
 }
 
-// The tag in field 4 of key locks: PostgreSQL's own advisory locks use 1 and 2.
-constexpr uint16 kKeyLockTag = 0x4c51;
-
-// The key lock's identity: a 64-bit hash of the queue name and the key.
-uint64 key_hash(const char *queue, Datum key) {
-    text *k = DatumGetTextPP(key);
-    uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char *>(queue),
-                                   static_cast<int>(strlen(queue)), 0);
-    return hash_combine64(
-        h, hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA_ANY(k)),
-                               static_cast<int>(VARSIZE_ANY_EXHDR(k)), 0));
-}
-
-// Order of key hashes (the order key locks are taken in).
-int compare_hash(const void *a, const void *b) {
-    uint64 x = *static_cast<const uint64 *>(a), y = *static_cast<const uint64 *>(b);
-    return x < y ? -1 : x > y ? 1 : 0;
-}
-
-// The tag in field 4 of queue locks, the parents of its key locks.
-constexpr uint16 kQueueLockTag = 0x4c52;
-
-// How many key locks one transaction takes before it locks whole queues
-// instead: a sixteenth of the server's lock table, at least 64. Both
-// settings are fixed at server start.
-int64 key_lock_budget() {
-    return std::max<int64>(64, static_cast<int64>(max_locks_per_xact) * MaxBackends / 16);
-}
-
-// Key locks taken by the current top-level transaction (an upper bound: a
-// rolled-back subtransaction's count stays, which only escalates sooner).
-LocalTransactionId key_locks_xact = InvalidLocalTransactionId;
-int64 key_locks_taken = 0;
-
-// Take the key locks of `n` keys of `queue` (NULL keys skipped), in hash
-// order so that transactions locking overlapping sets cannot deadlock; held
-// to the end of the transaction. Past the budget, the queue's lock in
-// ExclusiveLock mode stands for all its keys. See the protocol at the top.
-void lock_keys(const char *queue, const Datum *keys, const bool *nulls, int n) {
-    const uint64 qh = hash_bytes_extended(reinterpret_cast<const unsigned char *>(queue),
-                                          static_cast<int>(strlen(queue)), 0);
-    LOCKTAG queue_tag;
-    SET_LOCKTAG_ADVISORY(queue_tag, MyDatabaseId, static_cast<uint32>(qh >> 32),
-                         static_cast<uint32>(qh), kQueueLockTag);
-    if (LockHeldByMe(&queue_tag, ExclusiveLock))
-        return;  // escalated earlier in this transaction: every key is ours
-    uint64 *hashes = static_cast<uint64 *>(palloc(sizeof(uint64) * (n + 1)));
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (nulls == nullptr || !nulls[i])
-            hashes[m++] = key_hash(queue, keys[i]);
-    qsort(hashes, m, sizeof(uint64), compare_hash);
-    // The keys this transaction does not hold yet, in hash order.
-    int fresh = 0;
-    for (int i = 0; i < m; i++) {
-        if (i > 0 && hashes[i] == hashes[i - 1])
-            continue;
-        LOCKTAG tag;
-        SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(hashes[i] >> 32),
-                             static_cast<uint32>(hashes[i]), kKeyLockTag);
-        if (!LockHeldByMe(&tag, ExclusiveLock))
-            hashes[fresh++] = hashes[i];
-    }
-    if (fresh == 0) {
-        pfree(hashes);
-        return;
-    }
-    if (key_locks_xact != MyProc->lxid) {
-        key_locks_xact = MyProc->lxid;
-        key_locks_taken = 0;
-    }
-    if (key_locks_taken + fresh > key_lock_budget()) {
-        (void)LockAcquire(&queue_tag, ExclusiveLock, false, false);
-        pfree(hashes);
-        return;
-    }
-    for (int i = 0; i < fresh; i++) {
-        LOCKTAG tag;
-        SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, static_cast<uint32>(hashes[i] >> 32),
-                             static_cast<uint32>(hashes[i]), kKeyLockTag);
-        (void)LockAcquire(&tag, ExclusiveLock, false, false);
-    }
-    // After the keys: a writer waiting for a key of a transaction that
-    // escalates must not hold the ShareLock that transaction waits for.
-    (void)LockAcquire(&queue_tag, ShareLock, false, false);
-    key_locks_taken += fresh;
-    pfree(hashes);
-}
-
-// Pin the settings every queue statement is planned under (the functions'
-// SET clauses did this in SQL); returns the GUC nest level to pop.
+// Pin the settings every queue statement is planned under; returns the GUC
+// nest level to pop.
 int pin_settings() {
     int level = NewGUCNestLevel();
     (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
                             GUC_ACTION_SAVE, true, 0, false);
     (void)set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
                             true, 0, false);
-    // Every statement here is an index lookup or a short range on one key;
-    // with churned statistics the planner otherwise picks bitmap scans over
-    // the id index that read every later job of the partition.
+    // Every statement here is an index lookup or an ordered index scan; with
+    // churned statistics the planner otherwise picks bitmap scans that read
+    // every later job of the partition.
     (void)set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
                             true, 0, false);
     return level;
 }
 
+// Raise 2202E unless array argument `n` (named `what`) has at most one dimension.
+void check_one_dimension(FunctionCallInfo fcinfo, int n, const char *what) {
+    if (PG_ARGISNULL(n))
+        return;
+    if (ARR_NDIM(PG_GETARG_ARRAYTYPE_P(n)) > 1)
+        ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+                        errmsg("%s must be a one-dimensional array", what)));
+}
+
+// Raise 22004 when argument `n` (named `what`) is NULL.
+void require_arg(FunctionCallInfo fcinfo, int n, const char *what) {
+    if (PG_ARGISNULL(n))
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", what)));
+}
+
+// Raise 22008 unless `t` is a finite timestamp (what = the argument's name).
+void check_finite(TimestampTz t, const char *what) {
+    if (TIMESTAMP_NOT_FINITE(t))
+        ereport(ERROR, (errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+                        errmsg("%s must be a finite timestamp", what),
+                        errdetail("A job whose run_at is infinite would never run.")));
+}
+
+// A job lease's TTL in microseconds: the lease argument, checked against the
+// lock core's limit (lockext.max_ttl), since a job's lease is a lock lease.
+int64 lease_us(bool isnull, Datum lease) {
+    check_span(isnull, lease, "lease", false);
+    const Interval *iv = DatumGetIntervalP(lease);
+    const __int128 us = static_cast<__int128>(iv->time) +
+                        static_cast<__int128>(iv->day) * USECS_PER_DAY +
+                        static_cast<__int128>(iv->month) * DAYS_PER_MONTH * USECS_PER_DAY;
+    if (us > static_cast<__int128>(lockext_max_ttl_s) * USECS_PER_SEC)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("lease must not exceed lockext.max_ttl (%d s)", lockext_max_ttl_s)));
+    return static_cast<int64>(us);
+}
+
+// Room for a lease name and its NUL.
+struct LeaseName {
+    char name[lockext::kMaxNameLen + 1];
+    int len;
+};
+
+// The lease name of a job: its key's, or (no key) its id's; see the top.
+void lease_name(const char *queue, const text *key, int64 id, LeaseName *out) {
+    if (key == nullptr) {
+        out->len =
+            snprintf(out->name, sizeof(out->name), "%s%s/j/" INT64_FORMAT, kLeasePrefix, queue, id);
+        return;
+    }
+    const int klen = static_cast<int>(VARSIZE_ANY_EXHDR(key));
+    const int fixed = static_cast<int>(strlen(kLeasePrefix) + strlen(queue)) + 3;
+    if (fixed + klen <= lockext::kMaxNameLen) {
+        out->len = snprintf(out->name, sizeof(out->name), "%s%s/k/", kLeasePrefix, queue);
+        memcpy(out->name + out->len, VARDATA_ANY(key), klen);
+        out->len += klen;
+        out->name[out->len] = '\0';
+        return;
+    }
+    // Too long for a lock name: two different keys then share a lease only
+    // if their 64-bit hashes collide (they run one at a time, nothing worse).
+    const uint64 h = hash_bytes_extended(reinterpret_cast<const unsigned char *>(VARDATA_ANY(key)),
+                                         klen, 0x6c6f636b);
+    out->len = snprintf(out->name, sizeof(out->name), "%s%s/h/%016llx", kLeasePrefix, queue,
+                        static_cast<unsigned long long>(h));
+}
+
+// The lock-table key of a lease name in this database.
+Key lease_key(const LeaseName &n) {
+    Key k;
+    k.dboid = MyDatabaseId;
+    k.name = n.name;
+    k.len = n.len;
+    return k;
+}
+
+// The prefix of the lease names of `queue`'s jobs ("lockext.q/<queue>/").
+struct LeasePrefix {
+    char text[NAMEDATALEN + 16];
+    int len;
+};
+
+// Fill `p` with the lease name prefix of `queue`.
+void lease_prefix(const char *queue, LeasePrefix *p) {
+    p->len = snprintf(p->text, sizeof(p->text), "%s%s/", kLeasePrefix, queue);
+}
+
+// Mark the leases of jobs `ids` of `queue` finishing in this transaction
+// (found by job id in the lock table); ok[i] says whether tokens[i] held
+// job i's lease. Returns whether any finished lease was a key's.
+bool finish_jobs(const char *queue, const int64 *ids, const int64 *tokens, int n, bool *ok) {
+    LeasePrefix prefix;
+    lease_prefix(queue, &prefix);
+    bool any_keyed = false;
+    lockext_note_pending_leases();
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    const TimestampTz now = GetCurrentTimestamp();
+    LockTable *t = lockext_shared->table;
+    for (int i = 0; i < n; i++) {
+        bool keyed = false;
+        ok[i] = t->finish_job(MyDatabaseId, ids[i], tokens[i], prefix.text, prefix.len, now,
+                              MyProcPid, MyProc->pgprocno, &keyed)
+                    .outcome == Outcome::granted;
+        any_keyed |= ok[i] && keyed;
+    }
+    LWLockRelease(lockext_shared->table_lock);
+    return any_keyed;
+}
+
 // Enqueue one job; see lockext.enqueue.
 Datum enqueue_impl(FunctionCallInfo fcinfo) {
     char *queue = queue_arg(fcinfo, 0);
-    if (PG_ARGISNULL(1))
-        ereport(ERROR,
-                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payload must not be NULL")));
+    require_arg(fcinfo, 1, "payload");
     bool key_null = PG_ARGISNULL(2);
     Datum key = key_null ? (Datum)0 : PG_GETARG_DATUM(2);
     TimestampTz now = GetCurrentTransactionStartTimestamp();
     TimestampTz run_at = PG_ARGISNULL(3) ? now : PG_GETARG_TIMESTAMPTZ(3);
+    check_finite(run_at, "run_at");
     int32 priority = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
-    check(!PG_ARGISNULL(5) && PG_GETARG_INT32(5) >= 1, "max_attempts must be at least 1");
+    require_arg(fcinfo, 5, "max_attempts");
+    check(PG_GETARG_INT32(5) >= 1, "max_attempts must be at least 1");
     int32 max_attempts = PG_GETARG_INT32(5);
 
     Oid relid = open_queue(queue);
     int64 rem = remainder_of(relid, key, key_null);
     int level = pin_settings();
     SPI_connect();
-
-    Datum qtext = CStringGetTextDatum(queue);
-    // The key lock comes before the id, so a key's ids rise in lock order.
-    if (!key_null)
-        lock_keys(queue, &key, nullptr, 1);
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
     int64 id = next_job_id(seq, rem);
-    // The state unless the key has other jobs (then 'waiting', decided by the insert).
-    const char *state = run_at > now ? "delayed" : "ready";
-    Datum args[8] = {qtext,
+    Datum args[8] = {CStringGetTextDatum(queue),
                      Int64GetDatum(id),
                      key,
                      PG_GETARG_DATUM(1),
-                     CStringGetTextDatum(state),
+                     CStringGetTextDatum(run_at > now ? "delayed" : "ready"),
                      TimestampTzGetDatum(run_at),
                      Int32GetDatum(priority),
                      Int32GetDatum(max_attempts)};
     char nulls[8] = {' ', ' ', key_null ? 'n' : ' ', ' ', ' ', ' ', ' ', ' '};
-    if (key_null)
-        run(kInsert, queue_table(queue), args, nulls);
-    else
-        run_latest(kInsertKeyed, leaf_name(queue, rem), args, nulls);
-
+    run(kInsert, leaf_name(queue, rem), args, nulls);
     SPI_finish();
     AtEOXact_GUC(true, level);
     lockext_notify_after_commit(queue);
     PG_RETURN_INT64(id);
 }
 
-// Order of picked jobs: by leaf, then id (the order the leaves are updated in).
-int compare_pick(const void *a, const void *b) {
-    const int64 *x = static_cast<const int64 *>(a);
-    const int64 *y = static_cast<const int64 *>(b);
-    int64 rx = x[0] % kIdStride, ry = y[0] % kIdStride;
-    if (rx != ry)
-        return rx < ry ? -1 : 1;
-    return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0;
-}
-
-// How often a busy backend looks for due delayed jobs and lapsed leases
-// even when ready jobs are plentiful. The look costs an index probe per
-// partition and state; an idle queue (a dequeue that comes up short) always
-// looks at once, so this only bounds how late a busy queue re-delivers.
+// How often a busy backend looks for due delayed jobs even when ready jobs
+// are plentiful. The look costs an index probe per partition; a dequeue that
+// comes up short always looks at once, so this only bounds how late a busy
+// queue starts a retry or a scheduled job.
 constexpr int64 kRarePathIntervalUs = 100 * 1000;
 // When this backend last looked (its own clock), and at which queue.
 TimestampTz last_rare_path = 0;
 char last_rare_queue[NAMEDATALEN];
 
+// Make due delayed jobs of the queue ready; true if any became ready.
+bool promote_due(const char *table, const char *queue) {
+    bool isnull;
+    last_rare_path = GetCurrentTimestamp();
+    strlcpy(last_rare_queue, queue, sizeof(last_rare_queue));
+    run(kProbe, table, nullptr, nullptr);
+    if (!DatumGetBool(result(0, 1, &isnull)))
+        return false;
+    run(kPromoteDue, table, nullptr, nullptr);
+    return SPI_processed > 0;
+}
+
 // What one dequeue call works with: plain data, shared by its steps.
 struct DequeueCall {
     const char *queue;
-    const char *table;
-    Datum qtext;
     int32 batch;
     int taken;
-    Datum lease;
-    Datum worker;
-    bool worker_null;
+    int64 lease_us;
+    const text *worker;  // NULL: none
     Tuplestorestate *out;
+    TupleDesc desc;
+    HTAB *seen;  // lease names met in this call (taken, busy or not a head)
 };
 
-// The rare paths: make due delayed jobs ready, and re-lease (or bury) jobs
-// whose lease ran out, adding them to the result. True if any delayed job
-// became ready.
-bool dequeue_rare_paths(DequeueCall *call) {
-    bool isnull;
-    last_rare_path = GetCurrentTimestamp();
-    strlcpy(last_rare_queue, call->queue, sizeof(last_rare_queue));
-    run(kProbe, call->table, nullptr, nullptr);
-    bool due = DatumGetBool(result(0, 1, &isnull));
-    bool expired = DatumGetBool(result(0, 2, &isnull));
-    if (due) {
-        Datum args[1] = {call->qtext};
-        run(kPromoteDue, nullptr, args, nullptr);
-    }
-    if (expired && call->taken < call->batch) {
-        Datum args[4] = {call->qtext, Int32GetDatum(call->batch - call->taken), call->lease,
-                         call->worker};
-        char nulls[4] = {' ', ' ', ' ', call->worker_null ? 'n' : ' '};
-        run(kExpired, nullptr, args, nulls);
-        for (uint64 i = 0; i < SPI_processed; i++)
-            tuplestore_puttuple(call->out, SPI_tuptable->vals[i]);
-        call->taken += static_cast<int>(SPI_processed);
-    }
-    return due;
+// A name met in this call.
+struct SeenName {
+    char name[lockext::kMaxNameLen + 1];
+};
+
+// Whether this call has met lease `n` already; records it.
+bool seen_before(DequeueCall *call, const LeaseName &n) {
+    bool found;
+    SeenName probe;
+    memset(&probe, 0, sizeof(probe));
+    memcpy(probe.name, n.name, n.len);
+    (void)hash_search(call->seen, &probe, HASH_ENTER, &found);
+    return found;
 }
 
-// Lease ready jobs, by priority then id, up to the batch; each leaf's picks
-// are updated by one statement, and the rows are returned in pick order.
-void dequeue_ready(DequeueCall *call) {
+// A lapsed delivery of job `job` (its lease ran out unfinished) is counted;
+// a job that has had its last attempt is buried.
+void count_lapsed(const char *queue, int64 job) {
     bool isnull;
-    Datum args[1] = {Int32GetDatum(call->batch - call->taken)};
-    run(kReady, call->table, args, nullptr);
-    int n = static_cast<int>(SPI_processed);
-    // picks[2i] = id, picks[2i+1] = its rank in dequeue order.
-    int64 *picks = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
-    for (int i = 0; i < n; i++) {
-        picks[2 * i] = DatumGetInt64(result(i, 1, &isnull));
-        picks[2 * i + 1] = i;
+    char *leaf = leaf_name(queue, job % kIdStride);
+    Datum args[3] = {Int64GetDatum(job), CStringGetTextDatum("lease expired"), Int32GetDatum(0)};
+    run_latest(kLapse, leaf, args, nullptr);
+    if (SPI_processed > 0 && DatumGetBool(result(0, 1, &isnull)))
+        run_latest(kBury, leaf, args, nullptr);
+}
+
+// Candidates of one scan chunk: rows whose lease this call tries.
+struct Candidates {
+    int n;
+    int64 *ids;
+    int32 *prios;
+    bool *handed;  // set by deliver: a job went out under this candidate's lease
+    Datum *keys;   // (Datum) 0 for no key
+    LeaseName *names;
+    int64 *tokens;         // when granted
+    TimestampTz *expires;  // when granted
+    int64 *lapsed;         // per row: a lapsed job reported by its acquire, or 0
+    bool *granted;
+};
+
+// Try the leases of the candidates in one hold of the table lock, until
+// `want` are granted; sets c->n to how many were tried. Raises 53400 when
+// the lock table is full (the transaction's abort then releases what this
+// call was granted).
+void try_leases(DequeueCall *call, Candidates *c, int want) {
+    Request req;
+    memset(&req, 0, sizeof(req));
+    req.dboid = MyDatabaseId;
+    req.roleid = GetUserId();
+    req.pid = MyProcPid;
+    req.slot = MyProc->pgprocno;
+    req.mode = lockext::Mode::exclusive;
+    req.scope = lockext::Scope::lease;
+    req.max_holders = 1;
+    req.ttl_us = call->lease_us;
+    req.pending = true;
+    if (call->worker != nullptr) {
+        const int len =
+            Min(static_cast<int>(VARSIZE_ANY_EXHDR(call->worker)), lockext::kMaxOwnerLen);
+        req.has_owner = true;
+        memcpy(req.owner, VARDATA_ANY(call->worker), len);
     }
-    qsort(picks, n, sizeof(int64) * 2, compare_pick);
-    HeapTuple *rows = static_cast<HeapTuple *>(palloc0(sizeof(HeapTuple) * (n + 1)));
-    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    int start = 0;
-    while (start < n) {
-        int64 rem = picks[2 * start] % kIdStride;
-        int end = start;
-        while (end < n && picks[2 * end] % kIdStride == rem) {
-            ids[end - start] = Int64GetDatum(picks[2 * end]);
-            end++;
+    strlcpy(req.app_name, application_name != nullptr ? application_name : "",
+            sizeof(req.app_name));
+    bool full = false;
+    lockext_note_pending_leases();
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    const TimestampTz now = GetCurrentTimestamp();
+    LockTable *t = lockext_shared->table;
+    int granted = 0, i = 0;
+    for (; i < c->n && granted < want && !full; i++) {
+        c->granted[i] = false;
+        c->lapsed[i] = 0;
+        req.job = c->ids[i];
+        const lockext::Result r = t->acquire(lease_key(c->names[i]), req, now, false, req.slot,
+                                             lockext_wake_waiter, nullptr);
+        c->lapsed[i] = r.lapsed_job;
+        if (r.outcome == Outcome::granted) {
+            c->granted[i] = true;
+            c->tokens[i] = r.token;
+            c->expires[i] = r.expires_at;
+            granted++;
+        } else if (r.outcome == Outcome::capacity_full) {
+            full = true;
         }
-        ArrayType *arr = construct_array(ids, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
-        Datum targs[3] = {PointerGetDatum(arr), call->lease, call->worker};
-        char tnulls[3] = {' ', ' ', call->worker_null ? 'n' : ' '};
-        run(kTake, leaf_name(call->queue, rem), targs, tnulls);
-        // Match each updated row back to its rank.
-        for (uint64 r = 0; r < SPI_processed; r++) {
-            int64 id = DatumGetInt64(result(static_cast<int>(r), 1, &isnull));
-            for (int p = start; p < end; p++)
-                if (picks[2 * p] == id) {
-                    rows[picks[2 * p + 1]] = SPI_tuptable->vals[r];
-                    break;
+    }
+    c->n = i;
+    LWLockRelease(lockext_shared->table_lock);
+    if (full)
+        ereport(ERROR,
+                (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                 errmsg("lockext lock table is full (%d slots)", lockext_max_locks),
+                 errdetail("Every running job holds a lease in the lock table."),
+                 errhint("Raise lockext.max_locks above the running jobs plus the locks in use, "
+                         "and restart.")));
+}
+
+// Hand out, for each granted candidate, its key's head (or the unkeyed job
+// itself) when it is ready; give the other leases back.
+void deliver(DequeueCall *call, Candidates *c, const char *leaf) {
+    int ngranted = 0;
+    int64 max_token = 0;
+    TimestampTz max_expiry = 0;
+    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (c->n + 1)));
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (c->n + 1)));
+    bool *key_nulls = static_cast<bool *>(palloc(sizeof(bool) * (c->n + 1)));
+    int *which = static_cast<int *>(palloc(sizeof(int) * (c->n + 1)));
+    for (int i = 0; i < c->n; i++)
+        if (c->granted[i]) {
+            which[ngranted] = i;
+            ids[ngranted] = Int64GetDatum(c->ids[i]);
+            key_nulls[ngranted] = c->keys[i] == (Datum)0;
+            keys[ngranted] = c->keys[i];
+            ngranted++;
+            max_token = Max(max_token, c->tokens[i]);
+            max_expiry = Max(max_expiry, c->expires[i]);
+        }
+    if (ngranted == 0)
+        return;
+    // Tokens and expiries are made durable before anybody can see them (the
+    // error path's abort releases the leases).
+    lockext_durable_ensure(max_token, max_expiry);
+    int lbound = 1;
+    Datum args[2] = {
+        PointerGetDatum(construct_array(ids, ngranted, INT8OID, 8, true, TYPALIGN_DOUBLE)),
+        PointerGetDatum(construct_md_array(keys, key_nulls, 1, &ngranted, &lbound, TEXTOID, -1,
+                                           false, TYPALIGN_INT))};
+    run_latest(kRecheck, leaf, args, nullptr);
+    // handed[i]: the job handed out under candidate i's lease, or 0.
+    int64 *handed = static_cast<int64 *>(palloc0(sizeof(int64) * (c->n + 1)));
+    for (int i = 0; i < c->n; i++)
+        c->handed[i] = false;
+    for (uint64 r = 0; r < SPI_processed; r++) {
+        bool isnull;
+        const int row = static_cast<int>(r);
+        const int ord = DatumGetInt32(result(row, 7, &isnull));
+        if (ord < 1 || ord > ngranted || call->taken >= call->batch)
+            continue;
+        const int i = which[ord - 1];
+        const int64 id = DatumGetInt64(result(row, 1, &isnull));
+        handed[i] = id;
+        c->handed[i] = true;
+        call->taken++;
+        Datum values[7];
+        bool nulls[7] = {false, false, false, false, false, false, false};
+        values[0] = Int64GetDatum(id);
+        values[1] = result(row, 2, &nulls[1]);
+        values[2] = result(row, 3, &nulls[2]);
+        values[3] = Int32GetDatum(DatumGetInt32(result(row, 4, &isnull)) + 1);
+        values[4] = Int64GetDatum(c->tokens[i]);
+        values[5] = result(row, 6, &nulls[5]);
+        values[6] = TimestampTzGetDatum(c->expires[i]);
+        tuplestore_putvalues(call->out, call->desc, values, nulls);
+    }
+    // Leases now run the job handed out (which may be another row of the
+    // key than the one scanned); the rest go back: finished since the scan,
+    // a key whose head is not ready, or past the batch.
+    LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+    const TimestampTz now = GetCurrentTimestamp();
+    LockTable *t = lockext_shared->table;
+    for (int i = 0; i < c->n; i++) {
+        if (!c->granted[i])
+            continue;
+        if (handed[i] == 0)
+            (void)t->release(lease_key(c->names[i]), c->tokens[i], now, 0, true,
+                             lockext_wake_waiter, nullptr);
+        else if (handed[i] != c->ids[i])
+            t->set_job(lease_key(c->names[i]), c->tokens[i], handed[i]);
+    }
+    LWLockRelease(lockext_shared->table_lock);
+}
+
+// Where this backend's next scan of a leaf starts. A dequeue steps over the
+// rows of busy keys (running, or their head retrying) at the front of a
+// leaf; when a long run of them is there (a stuck key with a backlog), every
+// call would read it again. So a scan remembers the position of the first
+// job it handed out (or the leaf's end), and for kResumeUs the next scans of
+// this backend start there. A call that comes up short scans again from the
+// top, so it has always looked at every ready job; a call that fills its
+// batch may pass over a job behind such a run for at most kResumeUs.
+constexpr int64 kResumeUs = 100 * 1000;
+constexpr int kMaxLeaves = 1024;
+struct ResumePoint {
+    bool valid;
+    int32 priority;
+    int64 id;
+    TimestampTz until;
+};
+ResumePoint resume_at[kMaxLeaves];
+char resume_queue[NAMEDATALEN];
+
+// Forget every resume point (another queue, or a full rescan).
+void forget_resume_points(const char *queue) {
+    memset(resume_at, 0, sizeof(resume_at));
+    strlcpy(resume_queue, queue, sizeof(resume_queue));
+}
+
+// Take ready jobs of leaf `rem`, in its (priority DESC, id) order, until the
+// batch is full or the leaf has no more; from the leaf's resume point when
+// `resume` and one is set. Returns whether it started from a resume point.
+bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
+    const char *leaf = leaf_name(call->queue, rem);
+    ResumePoint *rp = &resume_at[rem];
+    const TimestampTz started = GetCurrentTimestamp();
+    const bool from = resume && rp->valid && rp->until > started;
+    PushActiveSnapshot(GetLatestSnapshot());
+    Portal portal;
+    if (from) {
+        Datum args[2] = {Int32GetDatum(rp->priority), Int64GetDatum(rp->id)};
+        portal = SPI_cursor_open(nullptr, plan_for(kScanFrom, leaf), args, nullptr, true);
+    } else {
+        portal = SPI_cursor_open(nullptr, plan_for(kScan, leaf), nullptr, nullptr, true);
+    }
+    PopActiveSnapshot();
+    if (!from)
+        *rp = {false, 0, 0, started + kResumeUs};
+    bool placed = false;  // the resume point is set by this scan
+    int32 last_prio = 0;
+    int64 last_id = 0;
+    bool any = false;
+    Candidates c;
+    const int cap = 1024;
+    c.ids = static_cast<int64 *>(palloc(sizeof(int64) * cap));
+    c.prios = static_cast<int32 *>(palloc(sizeof(int32) * cap));
+    c.handed = static_cast<bool *>(palloc(sizeof(bool) * cap));
+    c.keys = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
+    c.names = static_cast<LeaseName *>(palloc(sizeof(LeaseName) * cap));
+    c.tokens = static_cast<int64 *>(palloc(sizeof(int64) * cap));
+    c.expires = static_cast<TimestampTz *>(palloc(sizeof(TimestampTz) * cap));
+    c.lapsed = static_cast<int64 *>(palloc(sizeof(int64) * cap));
+    c.granted = static_cast<bool *>(palloc(sizeof(bool) * cap));
+    // A chunk a little larger than what is missing: most rows at the front
+    // of a busy leaf belong to running keys.
+    long chunk = Min(cap, 2 * (call->batch - call->taken) + 8);
+    bool exhausted = false;
+    while (call->taken < call->batch) {
+        SPI_cursor_fetch(portal, true, chunk);
+        const uint64 fetched = SPI_processed;
+        if (fetched == 0) {
+            exhausted = true;
+            break;
+        }
+        SPITupleTable *rows = SPI_tuptable;
+        c.n = 0;
+        for (uint64 r = 0; r < fetched; r++) {
+            bool id_null, key_null, prio_null;
+            const int64 id =
+                DatumGetInt64(SPI_getbinval(rows->vals[r], rows->tupdesc, 1, &id_null));
+            Datum key = SPI_getbinval(rows->vals[r], rows->tupdesc, 2, &key_null);
+            const int32 prio =
+                DatumGetInt32(SPI_getbinval(rows->vals[r], rows->tupdesc, 3, &prio_null));
+            last_prio = prio;
+            last_id = id;
+            any = true;
+            LeaseName n;
+            lease_name(call->queue, key_null ? nullptr : DatumGetTextPP(key), id, &n);
+            if (seen_before(call, n))
+                continue;
+            c.keys[c.n] = key_null ? (Datum)0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+            c.ids[c.n] = id;
+            c.prios[c.n] = prio;
+            c.names[c.n++] = n;
+        }
+        // The chunk's candidates in rounds that take no more leases than
+        // the batch still needs (a full lock table must not be filled by
+        // leases this call would only give back).
+        int pos = 0;
+        while (pos < c.n && call->taken < call->batch) {
+            Candidates round = c;
+            round.ids += pos;
+            round.prios += pos;
+            round.handed += pos;
+            round.keys += pos;
+            round.names += pos;
+            round.tokens += pos;
+            round.expires += pos;
+            round.lapsed += pos;
+            round.granted += pos;
+            round.n = c.n - pos;
+            try_leases(call, &round, call->batch - call->taken);
+            for (int i = 0; i < round.n; i++)
+                if (round.lapsed[i] != 0)
+                    count_lapsed(call->queue, round.lapsed[i]);
+            deliver(call, &round, leaf);
+            for (int i = 0; i < round.n && !placed && !from; i++)
+                if (round.handed[i]) {
+                    *rp = {true, round.prios[i], round.ids[i], started + kResumeUs};
+                    placed = true;
                 }
+            pos += round.n;
         }
-        start = end;
+        SPI_freetuptable(rows);
+        if (fetched < static_cast<uint64>(chunk)) {
+            exhausted = true;
+            break;
+        }
+        chunk = Min(cap, chunk * 2);
     }
-    for (int i = 0; i < n; i++)
-        if (rows[i] != nullptr) {
-            tuplestore_puttuple(call->out, rows[i]);
-            call->taken++;
-        }
+    SPI_cursor_close(portal);
+    // Every row was busy: the next scans start past them.
+    if (!from && !placed && exhausted && any)
+        *rp = {true, last_prio, last_id + 1, started + kResumeUs};
+    return from;
 }
 
 // Take up to `batch` jobs; see lockext.dequeue.
 Datum dequeue_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
     DequeueCall call;
     call.queue = queue_arg(fcinfo, 0);
-    check(!PG_ARGISNULL(1) && PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
+    require_arg(fcinfo, 1, "batch");
+    check(PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
     call.batch = PG_GETARG_INT32(1);
-    check_span(PG_ARGISNULL(2), PG_GETARG_DATUM(2), "lease", false);
-    call.lease = PG_GETARG_DATUM(2);
-    call.worker_null = PG_ARGISNULL(3);
-    call.worker = call.worker_null ? (Datum)0 : PG_GETARG_DATUM(3);
+    call.lease_us = lease_us(PG_ARGISNULL(2), PG_GETARG_DATUM(2));
+    call.worker = PG_ARGISNULL(3) ? nullptr : PG_GETARG_TEXT_PP(3);
+    if (call.worker != nullptr && VARSIZE_ANY_EXHDR(call.worker) > lockext::kMaxOwnerLen)
+        ereport(ERROR, (errcode(ERRCODE_NAME_TOO_LONG),
+                        errmsg("worker is over the limit of %d bytes", lockext::kMaxOwnerLen)));
     call.taken = 0;
 
-    InitMaterializedSRF(fcinfo, 0);
+    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
     call.out = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setResult;
-    (void)open_queue(call.queue);
-    call.table = queue_table(call.queue);
+    call.desc = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setDesc;
+    Oid relid = open_queue(call.queue);
+    const char *table = queue_table(call.queue);
+    int nparts;
+    {
+        Relation rel = table_open(relid, NoLock);
+        nparts = RelationGetPartitionDesc(rel, true)->nparts;
+        table_close(rel, NoLock);
+    }
+    HASHCTL ctl;
+    ctl.keysize = sizeof(SeenName);
+    ctl.entrysize = sizeof(SeenName);
+    ctl.hcxt = CurrentMemoryContext;
+    call.seen =
+        hash_create("lockext dequeue names", 256, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
     int level = pin_settings();
     SPI_connect();
-    call.qtext = CStringGetTextDatum(call.queue);
 
-    // Lapsed leases go first when it is time to look; otherwise only when
-    // the ready jobs do not fill the batch.
     bool looked = GetCurrentTimestamp() - last_rare_path >= kRarePathIntervalUs ||
                   strcmp(last_rare_queue, call.queue) != 0;
     if (looked)
-        (void)dequeue_rare_paths(&call);
-    if (call.taken < call.batch)
-        dequeue_ready(&call);
-    if (!looked && call.taken < call.batch && dequeue_rare_paths(&call) && call.taken < call.batch)
-        dequeue_ready(&call);
+        (void)promote_due(table, call.queue);
+    // Each backend starts at a leaf of its own, so concurrent workers do not
+    // all step over the same running jobs; priority is exact within a leaf.
+    const int start = MyProc->pgprocno % Max(nparts, 1);
+    if (strcmp(resume_queue, call.queue) != 0 || nparts > kMaxLeaves)
+        forget_resume_points(call.queue);
+    bool resumed = false;
+    for (int k = 0; k < nparts && call.taken < call.batch; k++)
+        resumed |= dequeue_leaf(&call, (start + k) % nparts, nparts <= kMaxLeaves);
+    // Short: look at every ready job, from the top of each leaf.
+    if (call.taken < call.batch && resumed) {
+        forget_resume_points(call.queue);
+        for (int k = 0; k < nparts && call.taken < call.batch; k++)
+            (void)dequeue_leaf(&call, (start + k) % nparts, false);
+    }
+    // Still short: due delayed jobs may have become ready.
+    if (call.taken < call.batch && !looked && promote_due(table, call.queue)) {
+        hash_destroy(call.seen);
+        call.seen = hash_create("lockext dequeue names", 256, &ctl,
+                                HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+        for (int k = 0; k < nparts && call.taken < call.batch; k++)
+            (void)dequeue_leaf(&call, (start + k) % nparts, false);
+    }
 
     SPI_finish();
     AtEOXact_GUC(true, level);
     return (Datum)0;
 }
 
+// The leaf of job `id` of `queue`, or NULL when no such leaf exists (a
+// stale id of a queue that had more partitions before it was recreated).
+char *leaf_of(const char *queue, int64 id) {
+    if (id <= 0)
+        return nullptr;
+    char *leaf = leaf_name(queue, id % kIdStride);
+    if (!OidIsValid(get_relname_relid(leaf, get_namespace_oid(kSchema, false))))
+        return nullptr;
+    return leaf;
+}
+
+// The (queue, id, token) arguments of a call on one running job.
+struct JobArgs {
+    char *queue;
+    int64 id;
+    int64 token;
+    char *leaf;  // NULL: no such leaf, so no such job
+};
+
+// Read and check the (queue, id, token) arguments (22004 for a NULL one,
+// 42704 for an unknown queue); args.leaf is NULL when the id names no leaf.
+JobArgs job_args(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
+    JobArgs a;
+    a.queue = queue_arg(fcinfo, 0);
+    require_arg(fcinfo, 1, "id");
+    require_arg(fcinfo, 2, "token");
+    (void)open_queue(a.queue);
+    a.id = PG_GETARG_INT64(1);
+    a.token = PG_GETARG_INT64(2);
+    a.leaf = leaf_of(a.queue, a.id);
+    return a;
+}
+
 // Finish one job; see lockext.complete(queue, id, token).
 Datum complete_impl(FunctionCallInfo fcinfo) {
-    char *queue = queue_arg(fcinfo, 0);
-    Oid relid = open_queue(queue);
-    (void)relid;
-    if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+    const JobArgs a = job_args(fcinfo);
+    const char *queue = a.queue, *leaf = a.leaf;
+    const int64 id = a.id, token = a.token;
+    if (leaf == nullptr)
         PG_RETURN_BOOL(false);
-    int64 id = PG_GETARG_INT64(1);
-    if (id <= 0)
-        PG_RETURN_BOOL(false);
-    char *leaf = leaf_name(queue, id % kIdStride);
-    // A stale id from a queue that had more partitions before it was recreated.
-    if (!OidIsValid(get_relname_relid(leaf, get_namespace_oid(kSchema, false))))
-        PG_RETURN_BOOL(false);
-
-    int level = pin_settings();
-    SPI_connect();
-    bool done = false, promoted = false, isnull;
-    Datum args[2] = {Int64GetDatum(id), PG_GETARG_DATUM(2)};
-    run(kDelete, leaf, args, nullptr);
-    if (SPI_processed > 0) {
-        done = true;
-        Datum key = result(0, 1, &isnull);
-        if (!isnull) {
-            key = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
-            lock_keys(queue, &key, nullptr, 1);
-            Datum id_datum = Int64GetDatum(id);
-            Datum pargs[2] = {
-                PointerGetDatum(construct_array(&key, 1, TEXTOID, -1, false, TYPALIGN_INT)),
-                PointerGetDatum(construct_array(&id_datum, 1, INT8OID, 8, true, TYPALIGN_DOUBLE))};
-            run_latest(kPromoteMany, leaf, pargs, nullptr);
-            promoted = SPI_processed > 0;
-        }
+    bool done;
+    const bool keyed = finish_jobs(queue, &id, &token, 1, &done);
+    if (done) {
+        int level = pin_settings();
+        SPI_connect();
+        Datum args[1] = {Int64GetDatum(id)};
+        run(kDelete, leaf, args, nullptr);
+        done = SPI_processed > 0;
+        SPI_finish();
+        AtEOXact_GUC(true, level);
     }
-    SPI_finish();
-    AtEOXact_GUC(true, level);
-    if (promoted)
+    // The key's next job may run once this commits.
+    if (done && keyed)
         lockext_notify_after_commit(queue);
     PG_RETURN_BOOL(done);
 }
 
-// The elements of a bigint[] argument (NULL elements become 0, which no job has).
+// The elements of bigint[] argument `n` (NULL elements become 0, which no job has).
 int int8_elements(FunctionCallInfo fcinfo, int n, int64 **out) {
     ArrayType *arr = PG_GETARG_ARRAYTYPE_P(n);
     Datum *elems;
@@ -811,23 +1123,31 @@ int int8_elements(FunctionCallInfo fcinfo, int n, int64 **out) {
     return count;
 }
 
+// Order of (id, token) pairs: by leaf, then id.
+int compare_pair(const void *a, const void *b) {
+    const int64 *x = static_cast<const int64 *>(a);
+    const int64 *y = static_cast<const int64 *>(b);
+    int64 rx = x[0] % kIdStride, ry = y[0] % kIdStride;
+    if (rx != ry)
+        return rx < ry ? -1 : 1;
+    return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0;
+}
+
 // Finish many jobs; see lockext.complete(queue, ids, tokens).
 Datum complete_many_impl(FunctionCallInfo fcinfo) {
+    lockext_require_loaded();
     char *queue = queue_arg(fcinfo, 0);
-    Oid relid = open_queue(queue);
-    (void)relid;
-    if (PG_ARGISNULL(1) || PG_ARGISNULL(2)) {
-        check(PG_ARGISNULL(1) && PG_ARGISNULL(2), "ids and tokens must both be given");
-        PG_RETURN_INT32(0);
-    }
+    (void)open_queue(queue);
+    require_arg(fcinfo, 1, "ids");
+    require_arg(fcinfo, 2, "tokens");
+    check_one_dimension(fcinfo, 1, "ids");
+    check_one_dimension(fcinfo, 2, "tokens");
     int64 *ids, *tokens;
     int n = int8_elements(fcinfo, 1, &ids);
     int m = int8_elements(fcinfo, 2, &tokens);
     if (n != m)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("ids has %d elements but tokens has %d", n, m)));
-    // pairs[2i] = id, pairs[2i+1] = token; sorted by leaf, then id, so
-    // concurrent batches lock the same rows in the same order.
     int64 *pairs = static_cast<int64 *>(palloc(sizeof(int64) * 2 * (n + 1)));
     int valid = 0;
     for (int i = 0; i < n; i++)
@@ -836,162 +1156,135 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
             pairs[2 * valid + 1] = tokens[i];
             valid++;
         }
-    qsort(pairs, valid, sizeof(int64) * 2, compare_pick);
+    qsort(pairs, valid, sizeof(int64) * 2, compare_pair);
 
+    int64 *f_ids = static_cast<int64 *>(palloc(sizeof(int64) * (valid + 1)));
+    int64 *f_tokens = static_cast<int64 *>(palloc(sizeof(int64) * (valid + 1)));
+    bool *ok = static_cast<bool *>(palloc(sizeof(bool) * (valid + 1)));
+    for (int i = 0; i < valid; i++) {
+        f_ids[i] = pairs[2 * i];
+        f_tokens[i] = pairs[2 * i + 1];
+    }
+    // Every lease in one hold of the table lock, then one DELETE per leaf.
+    const bool keyed = finish_jobs(queue, f_ids, f_tokens, valid, ok);
     int level = pin_settings();
     SPI_connect();
-    Oid nsp = get_namespace_oid(kSchema, false);
     Datum *id_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
-    Datum *tok_datums = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
-    // keys[i] is the key of a finished job, key_ids[i] its id, key_rem[i] its leaf.
-    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
-    Datum *key_ids = static_cast<Datum *>(palloc(sizeof(Datum) * (valid + 1)));
-    int64 *key_rem = static_cast<int64 *>(palloc(sizeof(int64) * (valid + 1)));
-    int nkeys = 0, done = 0, start = 0;
-    bool isnull;
+    int done = 0, start = 0;
     while (start < valid) {
-        int64 rem = pairs[2 * start] % kIdStride;
+        const int64 rem = f_ids[start] % kIdStride;
         int end = start;
-        while (end < valid && pairs[2 * end] % kIdStride == rem) {
-            id_datums[end - start] = Int64GetDatum(pairs[2 * end]);
-            tok_datums[end - start] = Int64GetDatum(pairs[2 * end + 1]);
+        int nd = 0;
+        while (end < valid && f_ids[end] % kIdStride == rem) {
+            // A repeated id counts once.
+            if (ok[end] && (nd == 0 || DatumGetInt64(id_datums[nd - 1]) != f_ids[end]))
+                id_datums[nd++] = Int64GetDatum(f_ids[end]);
             end++;
         }
-        char *leaf = leaf_name(queue, rem);
-        if (OidIsValid(get_relname_relid(leaf, nsp))) {
-            ArrayType *a_ids =
-                construct_array(id_datums, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
-            ArrayType *a_toks =
-                construct_array(tok_datums, end - start, INT8OID, 8, true, TYPALIGN_DOUBLE);
-            Datum args[2] = {PointerGetDatum(a_ids), PointerGetDatum(a_toks)};
-            run(kLockMany, leaf, args, nullptr);
+        char *leaf = leaf_of(queue, f_ids[start]);
+        if (leaf != nullptr && nd > 0) {
+            Datum args[1] = {
+                PointerGetDatum(construct_array(id_datums, nd, INT8OID, 8, true, TYPALIGN_DOUBLE))};
             run(kDeleteMany, leaf, args, nullptr);
             done += static_cast<int>(SPI_processed);
-            for (uint64 r = 0; r < SPI_processed; r++) {
-                Datum key = result(static_cast<int>(r), 1, &isnull);
-                if (!isnull) {
-                    key_rem[nkeys] = rem;
-                    key_ids[nkeys] = result(static_cast<int>(r), 2, &isnull);
-                    keys[nkeys++] = PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
-                }
-            }
         }
         start = end;
     }
-    if (nkeys > 0) {
-        // Lock the finished jobs' keys (in hash order), then free each key's
-        // next job, leaf by leaf (keys were collected in leaf order).
-        lock_keys(queue, keys, nullptr, nkeys);
-        bool promoted = false;
-        for (int k = 0; k < nkeys;) {
-            int e = k;
-            while (e < nkeys && key_rem[e] == key_rem[k])
-                e++;
-            ArrayType *leaf_keys =
-                construct_array(keys + k, e - k, TEXTOID, -1, false, TYPALIGN_INT);
-            ArrayType *leaf_ids =
-                construct_array(key_ids + k, e - k, INT8OID, 8, true, TYPALIGN_DOUBLE);
-            Datum pargs[2] = {PointerGetDatum(leaf_keys), PointerGetDatum(leaf_ids)};
-            run_latest(kPromoteMany, leaf_name(queue, key_rem[k]), pargs, nullptr);
-            promoted |= SPI_processed > 0;
-            k = e;
-        }
-        if (promoted)
-            lockext_notify_after_commit(queue);
-    }
     SPI_finish();
     AtEOXact_GUC(true, level);
+    if (done > 0 && keyed)
+        lockext_notify_after_commit(queue);
     PG_RETURN_INT32(done);
 }
 
-// The non-NULL elements of text[] argument `n`, detoasted, in *out; returns the count.
-int text_elements(FunctionCallInfo fcinfo, int n, Datum **out) {
-    if (PG_ARGISNULL(n)) {
-        *out = nullptr;
-        return 0;
-    }
-    Datum *elems;
-    bool *nulls;
-    int count;
-    deconstruct_array(PG_GETARG_ARRAYTYPE_P(n), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
-                      &count);
-    *out = static_cast<Datum *>(palloc(sizeof(Datum) * (count + 1)));
-    int m = 0;
-    for (int i = 0; i < count; i++)
-        if (!nulls[i])
-            (*out)[m++] = PointerGetDatum(PG_DETOAST_DATUM(elems[i]));
-    return m;
-}
-
-// Run `stmt` (taking a text[] of keys, then optionally a bigint[] of zeros)
-// on each leaf for the keys that hash to it, with the latest snapshot.
-// Calls `each` after each leaf's statement; returns the rows it produced.
-template <typename Each>
-uint64 per_leaf(const char *queue, Oid relid, int stmt, Datum *keys, int n, Each each) {
-    int64 *rems = static_cast<int64 *>(palloc(sizeof(int64) * (n + 1)));
-    bool *done = static_cast<bool *>(palloc0(sizeof(bool) * (n + 1)));
-    Datum *group = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    Datum *zeros = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    for (int i = 0; i < n; i++) {
-        rems[i] = remainder_of(relid, keys[i], false);
-        zeros[i] = Int64GetDatum(0);
-    }
-    uint64 rows = 0;
-    for (int i = 0; i < n; i++) {
-        if (done[i])
-            continue;
-        int g = 0;
-        for (int j = i; j < n; j++)
-            if (!done[j] && rems[j] == rems[i]) {
-                group[g++] = keys[j];
-                done[j] = true;
-            }
-        ArrayType *a_keys = construct_array(group, g, TEXTOID, -1, false, TYPALIGN_INT);
-        ArrayType *a_zeros = construct_array(zeros, g, INT8OID, 8, true, TYPALIGN_DOUBLE);
-        Datum args[2] = {PointerGetDatum(a_keys), PointerGetDatum(a_zeros)};
-        run_latest(stmt, leaf_name(queue, rems[i]), args, nullptr);
-        rows += SPI_processed;
-        each();
-    }
-    return rows;
-}
-
-// Jobs of these keys have left the jobs table (completed elsewhere, or
-// dead): lock the keys and make each key's earliest job ready if it waits;
-// see lockext._free_keys.
-Datum free_keys_impl(FunctionCallInfo fcinfo) {
-    char *queue = queue_arg(fcinfo, 0);
-    Oid relid = open_queue(queue);
-    Datum *keys;
-    int n = text_elements(fcinfo, 1, &keys);
-    lock_keys(queue, keys, nullptr, n);
+// Report a failed attempt; see lockext.fail.
+Datum fail_impl(FunctionCallInfo fcinfo) {
+    if (!PG_ARGISNULL(4))
+        check_span(false, PG_GETARG_DATUM(4), "retry_in", true);
+    const JobArgs a = job_args(fcinfo);
+    const char *queue = a.queue, *leaf = a.leaf;
+    const int64 id = a.id, token = a.token;
+    if (leaf == nullptr)
+        PG_RETURN_NULL();
+    bool held;
+    (void)finish_jobs(queue, &id, &token, 1, &held);
+    const char *outcome = nullptr;
     int level = pin_settings();
     SPI_connect();
-    uint64 promoted = per_leaf(queue, relid, kPromoteMany, keys, n, [] {});
+    Datum fargs[1] = {Int64GetDatum(id)};
+    if (held)
+        run_latest(kFind, leaf, fargs, nullptr);
+    if (held && SPI_processed > 0) {
+        bool isnull;
+        const int32 attempt = DatumGetInt32(result(0, 2, &isnull));
+        const int32 max_attempts = DatumGetInt32(result(0, 3, &isnull));
+        Datum error = PG_ARGISNULL(3) ? (Datum)0 : PG_GETARG_DATUM(3);
+        if (attempt + 1 >= max_attempts) {
+            Datum args[3] = {Int64GetDatum(id), error, Int32GetDatum(1)};
+            char nulls[3] = {' ', PG_ARGISNULL(3) ? 'n' : ' ', ' '};
+            run(kBury, leaf, args, nulls);
+            outcome = "dead";
+        } else {
+            Datum args[3] = {Int64GetDatum(id), error,
+                             PG_ARGISNULL(4) ? (Datum)0 : PG_GETARG_DATUM(4)};
+            char nulls[3] = {' ', PG_ARGISNULL(3) ? 'n' : ' ', PG_ARGISNULL(4) ? 'n' : ' '};
+            run(kRetry, leaf, args, nulls);
+            outcome = "retry";
+        }
+    }
     SPI_finish();
     AtEOXact_GUC(true, level);
-    if (promoted > 0)
+    // A buried job frees its key for the next job at commit.
+    if (outcome != nullptr && strcmp(outcome, "dead") == 0)
         lockext_notify_after_commit(queue);
-    PG_RETURN_VOID();
+    if (outcome == nullptr)
+        PG_RETURN_NULL();
+    PG_RETURN_TEXT_P(cstring_to_text(outcome));
 }
 
-// Order of batch rows by key bytes, then position (for finding each key's
-// first job of the batch).
-struct KeyRow {
-    const char *key;
-    int len;
-    int index;
-};
+// Give a leased job back unfinished; see lockext.requeue.
+Datum requeue_impl(FunctionCallInfo fcinfo) {
+    const JobArgs a = job_args(fcinfo);
+    const char *queue = a.queue;
+    const int64 id = a.id, token = a.token;
+    if (a.leaf == nullptr)
+        PG_RETURN_BOOL(false);
+    // Nothing to write: the row still says ready, and its attempt count
+    // never counted this delivery. The lease goes at commit.
+    bool done;
+    (void)finish_jobs(queue, &id, &token, 1, &done);
+    if (done)
+        lockext_notify_after_commit(queue);
+    PG_RETURN_BOOL(done);
+}
 
-// KeyRow order: key bytes, then length, then index.
-int compare_key_row(const void *a, const void *b) {
-    const KeyRow *x = static_cast<const KeyRow *>(a), *y = static_cast<const KeyRow *>(b);
-    int c = memcmp(x->key, y->key, Min(x->len, y->len));
-    if (c != 0)
-        return c;
-    if (x->len != y->len)
-        return x->len < y->len ? -1 : 1;
-    return x->index < y->index ? -1 : x->index > y->index ? 1 : 0;
+// Heartbeat: extend a running job's lease; see lockext.extend.
+Datum extend_impl(FunctionCallInfo fcinfo) {
+    const int64 ttl = lease_us(PG_ARGISNULL(3), PG_ARGISNULL(3) ? (Datum)0 : PG_GETARG_DATUM(3));
+    const JobArgs a = job_args(fcinfo);
+    const char *queue = a.queue;
+    const int64 id = a.id, token = a.token;
+    if (a.leaf == nullptr)
+        PG_RETURN_NULL();
+    LeasePrefix prefix;
+    lease_prefix(queue, &prefix);
+    lockext::Result r;
+    for (;;) {
+        LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        const auto horizon =
+            static_cast<lockext::Timestamp>(pg_atomic_read_u64(&lockext_shared->durable_horizon));
+        r = lockext_shared->table->renew_job(MyDatabaseId, id, token, prefix.text, prefix.len, ttl,
+                                             GetCurrentTimestamp(), horizon);
+        LWLockRelease(lockext_shared->table_lock);
+        if (r.outcome != Outcome::not_durable)
+            break;
+        // As lockext.renew: make the longer expiry durable first.
+        lockext_durable_ensure(r.token, r.expires_at);
+        CHECK_FOR_INTERRUPTS();
+    }
+    if (r.outcome != Outcome::granted)
+        PG_RETURN_NULL();
+    PG_RETURN_TIMESTAMPTZ(r.expires_at);
 }
 
 // Element i of an optional array argument's deconstructed values.
@@ -1006,30 +1299,23 @@ struct OptionalArray {
     }
 };
 
-// Deconstruct argument `n` (an array of `type`) if it is not NULL.
-OptionalArray optional_array(FunctionCallInfo fcinfo, int n, Oid type, int16 len, bool byval,
-                             char align) {
+// Deconstruct argument `n` (an array of `type`, named `what`) if it is not NULL.
+OptionalArray optional_array(FunctionCallInfo fcinfo, int n, const char *what, Oid type, int16 len,
+                             bool byval, char align) {
     OptionalArray a;
+    check_one_dimension(fcinfo, n, what);
     if (!PG_ARGISNULL(n))
         deconstruct_array(PG_GETARG_ARRAYTYPE_P(n), type, len, byval, align, &a.values, &a.nulls,
                           &a.count);
     return a;
 }
 
-// Insert jobs in array order (ids rise in that order); a keyed job waits
-// when its key has live jobs or an earlier job in the batch. The keys are
-// locked first, so a key's ids rise in lock order. See lockext._insert_jobs.
-Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
-    char *queue = queue_arg(fcinfo, 0);
+// Insert jobs of `queue` in array order (ids rise in that order); returns
+// how many, their ids in *ids_out (in the caller's memory context).
+int insert_jobs(const char *queue, const OptionalArray &payloads, const OptionalArray &keys,
+                const OptionalArray &run_ats, const OptionalArray &priorities,
+                const OptionalArray &attempts, Datum **ids_out) {
     Oid relid = open_queue(queue);
-    if (PG_ARGISNULL(1))
-        ereport(ERROR,
-                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payloads must not be NULL")));
-    OptionalArray payloads = optional_array(fcinfo, 1, JSONBOID, -1, false, TYPALIGN_INT);
-    OptionalArray keys = optional_array(fcinfo, 2, TEXTOID, -1, false, TYPALIGN_INT);
-    OptionalArray run_ats = optional_array(fcinfo, 3, TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE);
-    OptionalArray priorities = optional_array(fcinfo, 4, INT4OID, 4, true, TYPALIGN_INT);
-    OptionalArray attempts = optional_array(fcinfo, 5, INT4OID, 4, true, TYPALIGN_INT);
     int n = payloads.count;
     if (keys.values != nullptr && keys.count != n)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -1039,75 +1325,37 @@ Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
                             errmsg("payload %d must not be NULL", i + 1)));
 
-    // Keys: detoasted, NULL where absent; each key's first row in the batch.
     Datum *key = static_cast<Datum *>(palloc0(sizeof(Datum) * (n + 1)));
     bool *key_null = static_cast<bool *>(palloc(sizeof(bool) * (n + 1)));
-    KeyRow *rows = static_cast<KeyRow *>(palloc(sizeof(KeyRow) * (n + 1)));
-    Datum *distinct = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    bool *first = static_cast<bool *>(palloc0(sizeof(bool) * (n + 1)));
-    int nkeyed = 0, ndistinct = 0;
     for (int i = 0; i < n; i++) {
         key_null[i] = !keys.has(i);
-        if (key_null[i])
-            continue;
-        key[i] = PointerGetDatum(PG_DETOAST_DATUM_PACKED(keys.values[i]));
-        rows[nkeyed++] = {VARDATA_ANY(key[i]), static_cast<int>(VARSIZE_ANY_EXHDR(key[i])), i};
+        if (!key_null[i])
+            key[i] = PointerGetDatum(PG_DETOAST_DATUM_PACKED(keys.values[i]));
     }
-    qsort(rows, nkeyed, sizeof(KeyRow), compare_key_row);
-    for (int r = 0; r < nkeyed; r++)
-        if (r == 0 || rows[r].len != rows[r - 1].len ||
-            memcmp(rows[r].key, rows[r - 1].key, rows[r].len) != 0) {
-            first[rows[r].index] = true;
-            distinct[ndistinct++] = key[rows[r].index];
-        }
-    lock_keys(queue, distinct, nullptr, ndistinct);
-
-    int level = pin_settings();
-    MemoryContext outer = CurrentMemoryContext;
-    SPI_connect();
-    // Which keys already have live jobs (read under the key locks, latest snapshot).
-    bool *busy = static_cast<bool *>(MemoryContextAllocZero(outer, sizeof(bool) * (n + 1)));
-    (void)per_leaf(queue, relid, kKeysBusy, distinct, ndistinct, [&] {
-        bool isnull;
-        for (uint64 r = 0; r < SPI_processed; r++) {
-            text *k = DatumGetTextPP(result(static_cast<int>(r), 1, &isnull));
-            KeyRow probe = {VARDATA_ANY(k), static_cast<int>(VARSIZE_ANY_EXHDR(k)), -1};
-            // The first row of this key sorts right after the probe (index -1).
-            int lo = 0, hi = nkeyed;
-            while (lo < hi) {
-                int mid = (lo + hi) / 2;
-                if (compare_key_row(&rows[mid], &probe) < 0)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            if (lo < nkeyed && compare_key_row(&rows[lo], &probe) > 0 &&
-                rows[lo].len == probe.len && memcmp(rows[lo].key, probe.key, probe.len) == 0)
-                busy[rows[lo].index] = true;
-        }
-    });
-
     int64 *rems = static_cast<int64 *>(palloc(sizeof(int64) * (n + 1)));
     remainders_of(relid, key, key_null, n, rems);
+    // The ids are returned after SPI_finish: keep them in the caller's context.
+    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    *ids_out = ids;
+
+    int level = pin_settings();
+    SPI_connect();
     Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
     TimestampTz now = GetCurrentTransactionStartTimestamp();
-    // The ids are returned after SPI_finish: keep them in the caller's context.
-    Datum *ids = static_cast<Datum *>(MemoryContextAlloc(outer, sizeof(Datum) * (n + 1)));
     Datum *states = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
     Datum *when = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
     Datum *prio = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
     Datum *maxa = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
-    Datum waiting = CStringGetTextDatum("waiting"), delayed = CStringGetTextDatum("delayed"),
-          ready = CStringGetTextDatum("ready");
+    Datum delayed = CStringGetTextDatum("delayed"), ready = CStringGetTextDatum("ready");
     for (int i = 0; i < n; i++) {
-        ids[i] = Int64GetDatum(next_job_id(seq, rems[i]));
         TimestampTz run_at = run_ats.has(i) ? DatumGetTimestampTz(run_ats.values[i]) : now;
-        when[i] = TimestampTzGetDatum(run_at);
-        prio[i] = priorities.has(i) ? priorities.values[i] : Int32GetDatum(0);
+        check_finite(run_at, "run_at");
         maxa[i] = attempts.has(i) ? attempts.values[i] : Int32GetDatum(5);
         check(DatumGetInt32(maxa[i]) >= 1, "max_attempts must be at least 1");
-        bool waits = !key_null[i] && (!first[i] || busy[i]);
-        states[i] = waits ? waiting : run_at > now ? delayed : ready;
+        ids[i] = Int64GetDatum(next_job_id(seq, rems[i]));
+        when[i] = TimestampTzGetDatum(run_at);
+        prio[i] = priorities.has(i) ? priorities.values[i] : Int32GetDatum(0);
+        states[i] = run_at > now ? delayed : ready;
     }
     int lbound = 1;
     Datum args[8] = {
@@ -1126,29 +1374,134 @@ Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
     AtEOXact_GUC(true, level);
     if (n > 0)
         lockext_notify_after_commit(queue);
+    return n;
+}
 
+// Return `n` ids as the rows of a SETOF bigint function.
+Datum return_ids(FunctionCallInfo fcinfo, const Datum *ids, int n) {
     InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
     Tuplestorestate *out = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setResult;
     TupleDesc desc = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo)->setDesc;
     for (int i = 0; i < n; i++) {
         bool isnull = false;
-        tuplestore_putvalues(out, desc, &ids[i], &isnull);
+        tuplestore_putvalues(out, desc, const_cast<Datum *>(&ids[i]), &isnull);
     }
     return (Datum)0;
 }
 
-// A job id for `key` in `queue` (its leaf's remainder in the low digits); see
-// the id rules at the top of this file. Used by the SQL that inserts jobs.
-Datum job_id_impl(FunctionCallInfo fcinfo) {
+// The ids of the running jobs of a queue; see lockext._running_jobs.
+Datum running_jobs_impl(FunctionCallInfo fcinfo) {
     char *queue = queue_arg(fcinfo, 0);
-    Oid relid = open_queue(queue);
-    bool key_null = PG_ARGISNULL(1);
-    int64 rem = remainder_of(relid, key_null ? (Datum)0 : PG_GETARG_DATUM(1), key_null);
-    Oid seq = get_relname_relid("job_id_seq", get_namespace_oid(kSchema, false));
-    PG_RETURN_INT64(next_job_id(seq, rem));
+    // Not preloaded: nothing can run (dequeue needs the lock table).
+    if (lockext_shared == nullptr)
+        return return_ids(fcinfo, nullptr, 0);
+    char *prefix = psprintf("%s%s/", kLeasePrefix, queue);
+    const int max = lockext_max_locks;
+    int64 *jobs = static_cast<int64 *>(palloc(sizeof(int64) * max));
+    LWLockAcquire(lockext_shared->table_lock, LW_SHARED);
+    const int n = lockext_shared->table->job_leases(
+        MyDatabaseId, prefix, static_cast<int>(strlen(prefix)), GetCurrentTimestamp(), jobs, max);
+    LWLockRelease(lockext_shared->table_lock);
+    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (n + 1)));
+    for (int i = 0; i < n; i++)
+        ids[i] = Int64GetDatum(jobs[i]);
+    return return_ids(fcinfo, ids, n);
 }
 
-// Delete the dead jobs of a queue that no longer exists, reading them with
+// Enqueue many jobs in order; see lockext.enqueue_batch.
+Datum enqueue_batch_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    require_arg(fcinfo, 1, "payloads");
+    OptionalArray payloads =
+        optional_array(fcinfo, 1, "payloads", JSONBOID, -1, false, TYPALIGN_INT);
+    OptionalArray keys = optional_array(fcinfo, 2, "keys", TEXTOID, -1, false, TYPALIGN_INT);
+    OptionalArray none;
+    Datum *ids;
+    const int n = insert_jobs(queue, payloads, keys, none, none, none, &ids);
+    return return_ids(fcinfo, ids, n);
+}
+
+// Move dead jobs back to the queue as new jobs; see lockext.redrive.
+Datum redrive_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    check_one_dimension(fcinfo, 1, "ids");
+    (void)open_queue(queue);
+    int level = pin_settings();
+    SPI_connect();
+    Datum args[2] = {CStringGetTextDatum(queue), PG_ARGISNULL(1) ? (Datum)0 : PG_GETARG_DATUM(1)};
+    char nulls[2] = {' ', PG_ARGISNULL(1) ? 'n' : ' '};
+    Oid types[2] = {TEXTOID, INT8ARRAYOID};
+    if (SPI_execute_with_args(
+            "WITH gone AS (DELETE FROM lockext.dead_jobs d WHERE d.queue = $1 "
+            "AND ($2 IS NULL OR d.id = ANY ($2)) RETURNING d.*) "
+            "SELECT array_agg(g.payload ORDER BY g.id), array_agg(g.key ORDER BY g.id), "
+            "array_agg(g.priority ORDER BY g.id), array_agg(g.max_attempts ORDER BY g.id) "
+            "FROM gone g",
+            2, types, args, nulls, false, 0) != SPI_OK_SELECT)
+        elog(ERROR, "lockext: redrive could not read the dead jobs");
+    bool isnull;
+    int n = 0;
+    Datum payload_arr = result(0, 1, &isnull);
+    if (!isnull) {
+        OptionalArray payloads, keys, priorities, attempts, none;
+        deconstruct_array(DatumGetArrayTypeP(payload_arr), JSONBOID, -1, false, TYPALIGN_INT,
+                          &payloads.values, &payloads.nulls, &payloads.count);
+        deconstruct_array(DatumGetArrayTypeP(result(0, 2, &isnull)), TEXTOID, -1, false,
+                          TYPALIGN_INT, &keys.values, &keys.nulls, &keys.count);
+        deconstruct_array(DatumGetArrayTypeP(result(0, 3, &isnull)), INT4OID, 4, true, TYPALIGN_INT,
+                          &priorities.values, &priorities.nulls, &priorities.count);
+        deconstruct_array(DatumGetArrayTypeP(result(0, 4, &isnull)), INT4OID, 4, true, TYPALIGN_INT,
+                          &attempts.values, &attempts.nulls, &attempts.count);
+        Datum *ids;
+        n = insert_jobs(queue, payloads, keys, none, priorities, attempts, &ids);
+    }
+    SPI_finish();
+    AtEOXact_GUC(true, level);
+    PG_RETURN_INT32(n);
+}
+
+// lockext._insert_jobs of version 0.1.0, whose install script an update
+// starts from: enqueue_batch with every column.
+Datum insert_jobs_impl(FunctionCallInfo fcinfo) {
+    char *queue = queue_arg(fcinfo, 0);
+    require_arg(fcinfo, 1, "payloads");
+    OptionalArray payloads =
+        optional_array(fcinfo, 1, "payloads", JSONBOID, -1, false, TYPALIGN_INT);
+    OptionalArray keys = optional_array(fcinfo, 2, "keys", TEXTOID, -1, false, TYPALIGN_INT);
+    OptionalArray run_ats =
+        optional_array(fcinfo, 3, "run_ats", TIMESTAMPTZOID, 8, true, TYPALIGN_DOUBLE);
+    OptionalArray priorities =
+        optional_array(fcinfo, 4, "priorities", INT4OID, 4, true, TYPALIGN_INT);
+    OptionalArray attempts =
+        optional_array(fcinfo, 5, "max_attempts", INT4OID, 4, true, TYPALIGN_INT);
+    Datum *ids;
+    const int n = insert_jobs(queue, payloads, keys, run_ats, priorities, attempts, &ids);
+    return return_ids(fcinfo, ids, n);
+}
+
+// C functions of version 0.1.0 that 0.2.0 no longer has. The 0.1.0 install
+// script names them (an update starts from it), so the library keeps them,
+// refusing to run.
+Datum removed_impl(FunctionCallInfo fcinfo) {
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("this lockext 0.1.0 function is gone from the installed library"),
+                    errhint("Run ALTER EXTENSION lockext UPDATE.")));
+    pg_unreachable();
+}
+
+// 0.1.0's names for the removed functions.
+Datum free_keys_impl(FunctionCallInfo fcinfo) {
+    return removed_impl(fcinfo);
+}
+Datum job_id_impl(FunctionCallInfo fcinfo) {
+    return removed_impl(fcinfo);
+}
+Datum check_interval_impl(FunctionCallInfo fcinfo) {
+    return removed_impl(fcinfo);
+}
+
+// Delete the dead jobs of a queue that no longer exists (and end its job
+// leases at commit), reading them with
 // the latest snapshot: drop_queue's DROP TABLE has waited for every
 // transaction that could bury a job of the queue, but at REPEATABLE READ its
 // own snapshot would miss the rows they committed (they would then outlive
@@ -1159,6 +1512,17 @@ Datum purge_dead_jobs_impl(FunctionCallInfo fcinfo) {
     if (table != nullptr && OidIsValid(get_relname_relid(table, get_namespace_oid(kSchema, false))))
         ereport(ERROR, (errcode(ERRCODE_OBJECT_IN_USE), errmsg("queue \"%s\" still exists", queue),
                         errhint("Use lockext.drop_queue() to drop a queue.")));
+    // The running jobs' leases go with the queue when this commits: a queue
+    // made again under the same name must not find its keys taken.
+    if (lockext_shared != nullptr) {
+        char *prefix = psprintf("%s%s/", kLeasePrefix, queue);
+        lockext_note_pending_leases();
+        LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
+        (void)lockext_shared->table->finish_all(MyDatabaseId, prefix,
+                                                static_cast<int>(strlen(prefix)),
+                                                GetCurrentTimestamp(), MyProcPid, MyProc->pgprocno);
+        LWLockRelease(lockext_shared->table_lock);
+    }
     int level = pin_settings();
     SPI_connect();
     Datum args[1] = {CStringGetTextDatum(queue)};
@@ -1168,22 +1532,20 @@ Datum purge_dead_jobs_impl(FunctionCallInfo fcinfo) {
     PG_RETURN_VOID();
 }
 
-// dequeue's interval checks, for the SQL functions (extend, fail).
-Datum check_interval_impl(FunctionCallInfo fcinfo) {
-    check(!PG_ARGISNULL(1) && !PG_ARGISNULL(2), "what and zero_ok must not be NULL");
-    check_span(PG_ARGISNULL(0), PG_GETARG_DATUM(0), text_to_cstring(PG_GETARG_TEXT_PP(1)),
-               PG_GETARG_BOOL(2));
-    PG_RETURN_VOID();
-}
-
 }  // namespace
 
-LOCKEXT_SQL_FUNCTION(check_interval)
 LOCKEXT_SQL_FUNCTION(purge_dead_jobs)
 LOCKEXT_SQL_FUNCTION(enqueue)
 LOCKEXT_SQL_FUNCTION(dequeue)
 LOCKEXT_SQL_FUNCTION(complete)
 LOCKEXT_SQL_FUNCTION(complete_many)
-LOCKEXT_SQL_FUNCTION(job_id)
-LOCKEXT_SQL_FUNCTION(free_keys)
+LOCKEXT_SQL_FUNCTION(fail)
+LOCKEXT_SQL_FUNCTION(requeue)
+LOCKEXT_SQL_FUNCTION(extend)
 LOCKEXT_SQL_FUNCTION(insert_jobs)
+LOCKEXT_SQL_FUNCTION(enqueue_batch)
+LOCKEXT_SQL_FUNCTION(redrive)
+LOCKEXT_SQL_FUNCTION(running_jobs)
+LOCKEXT_SQL_FUNCTION(free_keys)
+LOCKEXT_SQL_FUNCTION(job_id)
+LOCKEXT_SQL_FUNCTION(check_interval)

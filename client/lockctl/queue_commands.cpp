@@ -205,9 +205,10 @@ class Worker {
         try {
             pqxx::nontransaction tx(conn_);
             auto r = tx.exec_params(
-                "SELECT extract(epoch FROM least(min(run_at) FILTER (WHERE state = 'delayed'), "
-                "min(lease_expires_at) FILTER (WHERE state = 'running')) - now()) "
-                "FROM lockext.jobs WHERE queue = $1",
+                "SELECT extract(epoch FROM least((SELECT min(run_at) FROM lockext.jobs "
+                "WHERE queue = $1 AND state = 'delayed'), (SELECT min(expires_at) "
+                "FROM lockext.holders WHERE starts_with(name, 'lockext.q/' || $1 || '/'))) "
+                "- now())",
                 state_.queue);
             if (!r.empty() && !r[0][0].is_null()) {
                 const double s = r[0][0].as<double>();

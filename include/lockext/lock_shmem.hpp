@@ -35,6 +35,9 @@ void lockext_require_loaded();
 void lockext_register_backend_cleanup();
 // Note that this backend now holds a lock in session or transaction scope.
 void lockext_note_scoped_grant(lockext::Scope scope);
+// Note that this transaction has job leases that its end settles (call
+// before taking or finishing one).
+void lockext_note_pending_leases();
 // Signal waiter `w`'s condition variable; a lockext::WakeFn.
 void lockext_wake_waiter(std::int32_t w, void *ctx);
 

@@ -6,11 +6,13 @@
 // The caller (src/lock_shmem.cpp) owns the synchronisation; its header
 // comment states the locking protocol every method here relies on.
 //
-// Layout: a fixed header followed by four arrays sized at server start:
+// Layout: a fixed header followed by arrays sized at server start:
 //   buckets[nbuckets]   hash chains of entries, keyed by (database, name)
 //   entries[nentries]   one per name that has a holder or a waiter
 //   holders[capacity]   one per granted lease ("slot"), lockext.max_locks
 //   waiters[nwaiters]   one per PGPROC; a backend waits for one lock at a time
+//   slot_heads[nwaiters] per backend: its scoped and pending holders
+//   job_buckets[njob_buckets] hash chains of job leases, keyed by (database, job)
 // All links are int32 indexes into these arrays, never pointers, so the
 // block may be mapped at different addresses in different processes.
 #pragma once
@@ -32,6 +34,16 @@ constexpr int kAddrLen = 64;       // a numeric IPv6 address with scope fits
 enum class Mode : std::uint8_t { exclusive, shared, semaphore };
 enum class Scope : std::uint8_t { lease, session, transaction };
 
+// What the end of the holder's transaction does to a lease (job leases of
+// the queues, src/queue_ops.cpp). A pending holder is linked to the slot of
+// the backend whose transaction decides it.
+enum class Pending : std::uint8_t {
+    none,
+    granted,            // taken by an open transaction: kept at commit, released at abort
+    finishing,          // finished by an open transaction: released at commit, restored at abort
+    granted_finishing,  // both in one transaction: released either way
+};
+
 // Who asks for a lock and how; copied into the holder slot on grant.
 struct Request {
     std::uint32_t dboid;
@@ -42,6 +54,8 @@ struct Request {
     Scope scope;
     std::int32_t max_holders;  // 1 unless mode is semaphore
     std::int64_t ttl_us;       // < 0: never expires (session/transaction only)
+    std::int64_t job;          // the queue job a lease runs, or 0 (a plain lock)
+    bool pending;              // a lease that the transaction's abort releases
     bool has_owner;
     char owner[kMaxOwnerLen + 1];
     char app_name[kAppNameLen];
@@ -62,6 +76,9 @@ struct Holder {
     std::int32_t slot_prev;
     std::int32_t slot_next;
     bool slot_linked;
+    Pending pending;
+    Timestamp saved_expiry;  // while finishing: the expiry an abort restores
+    std::int32_t job_next;   // next job lease in the same job bucket
     Request req;
 };
 
@@ -135,6 +152,9 @@ struct Result {
     std::uint32_t holder_role;  // for not_permitted
     bool entry_semaphore;       // for kind_conflict
     std::int32_t entry_max_holders;
+    // (acquire) a job whose lease on this name ran out unfinished and was
+    // freed by this call, or 0: its delivery must still be counted.
+    std::int64_t lapsed_job;
 };
 
 // Called for each waiter that a grant hands the lock to, so the PostgreSQL
@@ -178,18 +198,51 @@ class LockTable {
     // Release a live lease and hand the lock to the next waiters.
     Result release(const Key &key, std::int64_t token, Timestamp now, std::uint32_t caller_role,
                    bool privileged, WakeFn wake, void *ctx) noexcept;
+    // Mark a live lease as finished by the transaction of backend `pid`
+    // (waiter slot `slot`): it cannot expire before that transaction ends,
+    // which releases it at commit and restores it at abort (end_xact).
+    // not_held when the token does not hold it, or another open
+    // transaction decides it.
+    Result finish(const Key &key, std::int64_t token, Timestamp now, std::int32_t pid,
+                  std::int32_t slot) noexcept;
+    // Mark every job lease of `dboid` named `prefix`... (`len` bytes) as
+    // finished by the transaction of backend `pid` (see finish); expired
+    // ones are freed. Returns how many were marked.
+    std::int32_t finish_all(std::uint32_t dboid, const char *prefix, int len, Timestamp now,
+                            std::int32_t pid, std::int32_t slot) noexcept;
+    // Mark the live lease of job `job` (in `dboid`) with `token` finishing,
+    // as finish() does; not_held unless its name starts with `prefix` (`len`
+    // bytes). *keyed says whether the lease is a key's (not the job id's).
+    Result finish_job(std::uint32_t dboid, std::int64_t job, std::int64_t token, const char *prefix,
+                      int len, Timestamp now, std::int32_t pid, std::int32_t slot,
+                      bool *keyed) noexcept;
+    // Extend the live lease of job `job` with `token`, as renew() does.
+    Result renew_job(std::uint32_t dboid, std::int64_t job, std::int64_t token, const char *prefix,
+                     int len, std::int64_t ttl_us, Timestamp now, Timestamp horizon) noexcept;
+    // The job that the live lease `token` of `key` runs, or 0 (none, or a plain lock).
+    std::int64_t job_of(const Key &key, std::int64_t token, Timestamp now) const noexcept;
+    // Make the live lease `token` of `key` run job `job`.
+    void set_job(const Key &key, std::int64_t token, std::int64_t job) noexcept;
     // Release every holder of `key` regardless of token; returns the count.
     std::int32_t force_release(const Key &key, Timestamp now, WakeFn wake, void *ctx) noexcept;
     // Release the session and/or transaction holders of backend `pid`, whose
-    // waiter slot is `slot`.
+    // waiter slot is `slot`; with `transaction`, settle its pending leases
+    // as a commit (`commit`) or an abort does.
     std::int32_t release_backend(std::int32_t pid, std::int32_t slot, bool session,
-                                 bool transaction, Timestamp now, WakeFn wake, void *ctx) noexcept;
-    // Free every expired holder; returns the count.
-    std::int32_t reap_all(Timestamp now, WakeFn wake, void *ctx) noexcept;
+                                 bool transaction, bool commit, Timestamp now, WakeFn wake,
+                                 void *ctx) noexcept;
+    // Free every expired holder; returns the count. Unless `jobs_too`, an
+    // expired job lease stays until its name is next acquired, which then
+    // reports it (Result::lapsed_job).
+    std::int32_t reap_all(Timestamp now, WakeFn wake, void *ctx, bool jobs_too = true) noexcept;
 
     // Copy live holders of `dboid` into `out`; returns the count.
     std::int32_t snapshot_holders(std::uint32_t dboid, Timestamp now, HolderRow *out,
                                   std::int32_t max) const noexcept;
+    // The jobs of the live job leases of `dboid` whose names start with
+    // `prefix` (`len` bytes), into `out`; returns the count.
+    std::int32_t job_leases(std::uint32_t dboid, const char *prefix, int len, Timestamp now,
+                            std::int64_t *out, std::int32_t max) const noexcept;
     // Copy queued waiters of `dboid` into `out`; returns the count.
     std::int32_t snapshot_waiters(std::uint32_t dboid, WaiterRow *out,
                                   std::int32_t max) const noexcept;
@@ -230,7 +283,18 @@ class LockTable {
     std::int32_t find_entry(const Key &key, std::uint32_t hash) const noexcept;
     std::int32_t insert_entry(const Key &key, std::uint32_t hash) noexcept;
     void free_entry_if_unused(std::int32_t e) noexcept;
-    std::int32_t reap_entry(std::int32_t e, Timestamp now) noexcept;
+    std::int32_t reap_entry(std::int32_t e, Timestamp now, bool jobs_too = true) noexcept;
+    void link_slot(std::int32_t h, std::int32_t slot) noexcept;
+    std::int32_t *job_buckets() noexcept;
+    const std::int32_t *job_buckets() const noexcept;
+    void link_job(std::int32_t h) noexcept;
+    void unlink_job(std::int32_t h) noexcept;
+    std::int32_t find_job(std::uint32_t dboid, std::int64_t job, std::int64_t token,
+                          const char *prefix, int len, Timestamp now) const noexcept;
+    Result finish_holder(std::int32_t h, std::int32_t pid, std::int32_t slot) noexcept;
+    bool extend_holder(std::int32_t h, std::int64_t ttl_us, Timestamp now, Timestamp horizon,
+                       Result *r) noexcept;
+    void unlink_slot(std::int32_t h) noexcept;
     std::int32_t reap_all_but(std::int32_t skip, Timestamp now) noexcept;
     bool grantable(const Entry &entry, const Request &req, Timestamp now) const noexcept;
     bool holds_scoped(const Entry &entry, std::int32_t pid) const noexcept;
@@ -248,13 +312,16 @@ class LockTable {
     std::int32_t capacity_;
     std::int32_t nentries_;
     std::int32_t nwaiters_;
-    std::int32_t nbuckets_;  // a power of two
+    std::int32_t nbuckets_;      // a power of two
+    std::int32_t njob_buckets_;  // a power of two
     std::int32_t free_entries_;
     std::int32_t free_holders_;
     std::int32_t holders_used_;
     // An entry acquire() is filling, which reap_all_but() must not free even
     // though it has no holders or waiters yet; -1 when none.
     std::int32_t pinned_entry_;
+    // The last job lease reap_entry freed unfinished (see Result::lapsed_job).
+    std::int64_t reaped_job_;
     Stats stats_;
 };
 

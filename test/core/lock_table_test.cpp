@@ -255,17 +255,148 @@ BOOST_AUTO_TEST_CASE(a_backend_releases_only_its_own_scoped_holders) {
                 Outcome::granted));
     // Backend 101 commits: t1, t2 and t4 go, t1 to its waiter; l1 stays.
     tb.woken.clear();
-    BOOST_TEST(tb.t->release_backend(101, 1, false, true, 2000, Table::wake, &tb) == 3);
+    BOOST_TEST(tb.t->release_backend(101, 1, false, true, false, 2000, Table::wake, &tb) == 3);
     BOOST_TEST(tb.woken.count(2) == 1);
     Timestamp wake_at = 0;
     BOOST_TEST((tb.poll(2, 2000, kNever, &wake_at).outcome == Outcome::granted));
     // Backend 101 exits: nothing scoped is left (l1 is a lease).
-    BOOST_TEST(tb.t->release_backend(101, 1, true, true, 2001, Table::wake, &tb) == 0);
+    BOOST_TEST(tb.t->release_backend(101, 1, true, true, false, 2001, Table::wake, &tb) == 0);
     // Backend 102 exits: t3 and its session lock on t1.
-    BOOST_TEST(tb.t->release_backend(102, 2, true, true, 2002, Table::wake, &tb) == 2);
+    BOOST_TEST(tb.t->release_backend(102, 2, true, true, false, 2002, Table::wake, &tb) == 2);
     BOOST_TEST(tb.t->slots_used() == 2);  // l1 and s2 (a lease now, of backend 103)
     // A backend that later gets slot 1 does not release what 101 left.
     take("t5", Scope::transaction, 1, 104);
-    BOOST_TEST(tb.t->release_backend(105, 1, true, true, 2003, Table::wake, &tb) == 0);
-    BOOST_TEST(tb.t->release_backend(104, 1, false, true, 2003, Table::wake, &tb) == 1);
+    BOOST_TEST(tb.t->release_backend(105, 1, true, true, false, 2003, Table::wake, &tb) == 0);
+    BOOST_TEST(tb.t->release_backend(104, 1, false, true, false, 2003, Table::wake, &tb) == 1);
+}
+
+namespace {
+
+// A job lease request of backend `pid` (waiter slot `slot`) for job `job`.
+Request job_request(std::int64_t job, std::int32_t pid, std::int32_t slot, std::int64_t ttl,
+                    bool pending) {
+    Request r;
+    std::memset(&r, 0, sizeof r);
+    r.dboid = 1;
+    r.pid = pid;
+    r.slot = slot;
+    r.mode = Mode::exclusive;
+    r.scope = Scope::lease;
+    r.max_holders = 1;
+    r.ttl_us = ttl;
+    r.job = job;
+    r.pending = pending;
+    return r;
+}
+
+const std::string kPrefix = "lockext.q/q/";
+
+}  // namespace
+
+// A job lease taken in a transaction is kept by its commit and released by
+// its abort (a dequeue that rolls back gives its jobs back).
+BOOST_AUTO_TEST_CASE(a_pending_job_lease_is_kept_at_commit_and_released_at_abort) {
+    Table tb(16, 8);
+    const std::string a = kPrefix + "k/a", b = kPrefix + "k/b";
+    const Result ra = tb.t->acquire(Table::key(a), job_request(1, 100, 1, 1000, true), 10, false, 1,
+                                    Table::wake, &tb);
+    BOOST_REQUIRE(ra.outcome == Outcome::granted);
+    tb.t->release_backend(100, 1, false, true, true, 20, Table::wake, &tb);  // commit
+    BOOST_TEST(tb.t->job_of(Table::key(a), ra.token, 30) == 1);
+    const Result rb = tb.t->acquire(Table::key(b), job_request(2, 100, 1, 1000, true), 40, false, 1,
+                                    Table::wake, &tb);
+    BOOST_REQUIRE(rb.outcome == Outcome::granted);
+    tb.t->release_backend(100, 1, false, true, false, 50, Table::wake, &tb);  // abort
+    BOOST_TEST(tb.t->job_of(Table::key(b), rb.token, 60) == 0);
+    BOOST_TEST(tb.t->job_of(Table::key(a), ra.token, 60) == 1);  // the committed one stays
+}
+
+// A finishing lease cannot expire before its transaction ends; the commit
+// releases it, the abort restores its expiry; only its own token and job
+// and queue finish it.
+BOOST_AUTO_TEST_CASE(a_finishing_job_lease_waits_for_its_transaction) {
+    Table tb(16, 8);
+    const std::string a = kPrefix + "k/a";
+    const Result r = tb.t->acquire(Table::key(a), job_request(7, 100, 1, 100, false), 10, false, 1,
+                                   Table::wake, &tb);
+    BOOST_REQUIRE(r.outcome == Outcome::granted);
+    bool keyed = false;
+    const std::string other = "lockext.q/other/";
+    BOOST_TEST((tb.t->finish_job(1, 7, r.token, other.data(), static_cast<int>(other.size()), 20,
+                                 200, 2, &keyed)
+                    .outcome == Outcome::not_held));
+    BOOST_TEST((tb.t->finish_job(1, 7, r.token + 1, kPrefix.data(),
+                                 static_cast<int>(kPrefix.size()), 20, 200, 2, &keyed)
+                    .outcome == Outcome::not_held));
+    BOOST_TEST((tb.t->finish_job(1, 8, r.token, kPrefix.data(), static_cast<int>(kPrefix.size()),
+                                 20, 200, 2, &keyed)
+                    .outcome == Outcome::not_held));
+    BOOST_REQUIRE((tb.t->finish_job(1, 7, r.token, kPrefix.data(), static_cast<int>(kPrefix.size()),
+                                    20, 200, 2, &keyed)
+                       .outcome == Outcome::granted));
+    BOOST_TEST(keyed);
+    // Past its old expiry (110) it is still held: nobody else gets the key.
+    BOOST_TEST((tb.t->acquire(Table::key(a), job_request(9, 300, 3, 100, false), 500, false, 3,
+                              Table::wake, &tb)
+                    .outcome == Outcome::busy));
+    // Abort: the old expiry comes back, so the lease has lapsed by now.
+    tb.t->release_backend(200, 2, false, true, false, 510, Table::wake, &tb);
+    const Result again = tb.t->acquire(Table::key(a), job_request(7, 300, 3, 100, false), 520,
+                                       false, 3, Table::wake, &tb);
+    BOOST_TEST((again.outcome == Outcome::granted));
+    BOOST_TEST(again.lapsed_job == 7);  // the lapsed delivery is reported
+    // Finished and committed: released, and the next acquire reports no lapse.
+    BOOST_REQUIRE((tb.t->finish_job(1, 7, again.token, kPrefix.data(),
+                                    static_cast<int>(kPrefix.size()), 530, 200, 2, &keyed)
+                       .outcome == Outcome::granted));
+    tb.t->release_backend(200, 2, false, true, true, 540, Table::wake, &tb);
+    const Result next = tb.t->acquire(Table::key(a), job_request(8, 300, 3, 100, false), 550, false,
+                                      3, Table::wake, &tb);
+    BOOST_TEST((next.outcome == Outcome::granted));
+    BOOST_TEST(next.lapsed_job == 0);
+}
+
+// An expired job lease stays through the views' reap (so its lapse is
+// still reported to the next acquire of its name), but a full table frees it.
+BOOST_AUTO_TEST_CASE(an_expired_job_lease_is_reported_to_its_next_taker) {
+    Table tb(4, 8);
+    const std::string a = kPrefix + "j/1";
+    BOOST_REQUIRE((tb.t->acquire(Table::key(a), job_request(1, 100, 1, 10, false), 10, false, 1,
+                                 Table::wake, &tb)
+                       .outcome == Outcome::granted));
+    BOOST_TEST(tb.t->reap_all(100, Table::wake, &tb, false) == 0);
+    BOOST_TEST(tb.t->slots_used() == 1);
+    const Result r = tb.t->acquire(Table::key(a), job_request(1, 100, 1, 10, false), 110, false, 1,
+                                   Table::wake, &tb);
+    BOOST_TEST((r.outcome == Outcome::granted));
+    BOOST_TEST(r.lapsed_job == 1);
+    // set_job moves the lease to another job of the same name.
+    tb.t->set_job(Table::key(a), r.token, 5);
+    BOOST_TEST(tb.t->job_of(Table::key(a), r.token, 111) == 5);
+    bool keyed = true;
+    BOOST_TEST((tb.t->finish_job(1, 5, r.token, kPrefix.data(), static_cast<int>(kPrefix.size()),
+                                 112, 100, 1, &keyed)
+                    .outcome == Outcome::granted));
+    BOOST_TEST(!keyed);
+}
+
+// finish_all (drop_queue) marks every live job lease of a queue and frees
+// the expired ones; other queues' leases stay.
+BOOST_AUTO_TEST_CASE(finish_all_ends_one_queues_job_leases) {
+    Table tb(16, 8);
+    const std::string a = kPrefix + "k/a", b = kPrefix + "k/b", c = "lockext.q/qq/k/a";
+    BOOST_REQUIRE((tb.t->acquire(Table::key(a), job_request(1, 100, 1, 1000, false), 10, false, 1,
+                                 Table::wake, &tb)
+                       .outcome == Outcome::granted));
+    BOOST_REQUIRE((tb.t->acquire(Table::key(b), job_request(2, 100, 1, 5, false), 10, false, 1,
+                                 Table::wake, &tb)
+                       .outcome == Outcome::granted));
+    BOOST_REQUIRE((tb.t->acquire(Table::key(c), job_request(3, 100, 1, 1000, false), 10, false, 1,
+                                 Table::wake, &tb)
+                       .outcome == Outcome::granted));
+    BOOST_TEST(tb.t->finish_all(1, kPrefix.data(), static_cast<int>(kPrefix.size()), 20, 200, 2) ==
+               1);
+    BOOST_TEST(tb.t->slots_used() == 2);  // b had expired: freed
+    tb.t->release_backend(200, 2, false, true, true, 30, Table::wake, &tb);
+    BOOST_TEST(tb.t->slots_used() == 1);  // only the other queue's lease
 }

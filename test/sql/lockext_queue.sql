@@ -115,13 +115,15 @@ SELECT got2.payload, got2.attempt, got2.token > got.token AS new_token FROM got2
 SELECT lockext.fail('orders', id, token, 'boom again') FROM got2;
 SELECT id = :r1 AS same_job, attempt, max_attempts, last_error FROM lockext.dead_jobs;
 SELECT dead FROM lockext.queue_stats;
-SELECT payload FROM lockext.dequeue('orders', 10) AS d;
+CREATE TEMP TABLE got3 AS SELECT * FROM lockext.dequeue('orders', 10);
+SELECT payload FROM got3;
 DROP TABLE got; DROP TABLE got2;
 -- Redrive puts it back, at the back of its key's line.
 SELECT lockext.redrive('orders') AS redriven;
 SELECT dead, running FROM lockext.queue_stats;
 SELECT count(*) AS blocked_behind_running FROM lockext.dequeue('orders', 10);
-SELECT lockext.complete('orders', id, token) FROM lockext.queue_orders WHERE state = 'running';
+SELECT lockext.complete('orders', id, token) FROM got3;
+DROP TABLE got3;
 SELECT payload, attempt FROM lockext.dequeue('orders', 10);
 SELECT lockext.redrive('orders', ARRAY[12345]::bigint[]) AS nothing_to_redrive;
 DELETE FROM lockext.queue_orders;
@@ -159,13 +161,17 @@ SELECT array_agg(id ORDER BY id) = array_agg(id) AS ids_in_order
                              ARRAY['b', 'b', 'c']) AS id;
 SELECT payload FROM lockext.dequeue('orders', 10) ORDER BY id;
 -- In a batch, a key's job waits when the key already has live jobs or an
--- earlier job in the same batch; unkeyed jobs never wait.
+-- earlier job in the same batch; unkeyed jobs never wait. (Only the heads are
+-- handed out; the rollback gives their leases back.)
 DELETE FROM lockext.queue_orders;
 SELECT lockext.enqueue('orders', '{"n": 0}', 'x') > 0 AS x_head;
 CREATE TEMP TABLE batch_ids AS
 SELECT id, n FROM lockext.enqueue_batch('orders',
     ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}', '{"n": 5}']::jsonb[],
     ARRAY['x', 'y', 'y', NULL, 'z']) WITH ORDINALITY AS b(id, n);
+BEGIN;
+SELECT payload->>'n' AS n, key FROM lockext.dequeue('orders', 10) ORDER BY id;
+ROLLBACK;
 SELECT payload->>'n' AS n, key, state FROM lockext.queue_orders ORDER BY id;
 -- The ids returned are the ids stored, in payload order.
 SELECT array_agg(b.id ORDER BY b.n) = array_agg(j.id ORDER BY b.n) AS returned_ids_are_stored
@@ -231,7 +237,8 @@ CALL drain('baseline', 500);
 -- A stuck key: its head is running (never completed), 5,000 jobs behind it.
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[5000]), array_fill('stuck'::text, ARRAY[5000]));
-SELECT count(*) AS stuck_head_taken FROM lockext.dequeue('orders', 1, '1 hour');
+CREATE TEMP TABLE stuck AS SELECT * FROM lockext.dequeue('orders', 1, '1 hour');
+SELECT count(*) AS stuck_head_taken FROM stuck;
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
 VACUUM lockext.jobs;
@@ -239,7 +246,8 @@ CALL drain('running', 500);
 CALL drain('running', 500);
 CALL drain('running', 500);
 -- The same key stuck retrying with backoff.
-SELECT lockext.fail('orders', id, token, 'slow down', '1 hour') FROM lockext.queue_orders WHERE state = 'running';
+SELECT lockext.fail('orders', id, token, 'slow down', '1 hour') FROM stuck;
+DROP TABLE stuck;
 SELECT count(*) FROM lockext.enqueue_batch('orders',
     array_fill('{}'::jsonb, ARRAY[1500]), ARRAY(SELECT 'k' || (g % 300) FROM generate_series(1, 1500) g));
 VACUUM lockext.jobs;
@@ -277,22 +285,26 @@ SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}'::jsonb])$$);
 SELECT setval('lockext.job_id_seq', :idseq);
 SELECT count(*) AS nothing_enqueued FROM lockext.queue_orders;
 
--- Too long a span on a held job (a 22008 from the UPDATE before the cap)
--- changes nothing, and the transaction goes on; 999 years is allowed.
+-- Too long a span on a held job changes nothing, and the transaction goes
+-- on. A job's lease is a lock lease: at most lockext.max_ttl (a day here);
+-- a retry may wait up to 1000 years.
 BEGIN;
 SELECT lockext.enqueue('orders', '{"n": 0}') > 0 AS enqueued FROM generate_series(1, 2);
 CREATE TEMP TABLE held AS SELECT * FROM lockext.dequeue('orders', 1, '1 minute');
 SELECT qtry(format($$SELECT lockext.extend('orders', %s, %s, '100000000 years')$$, id, token)) FROM held;
 SELECT qtry(format($$SELECT lockext.fail('orders', %s, %s, 'x', '100000000 years')$$, id, token)) FROM held;
 SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '100000000 years')$$);
-SELECT j.state, j.token = h.token AS same_token, j.lease_expires_at = h.lease_expires_at AS same_lease
-  FROM lockext.queue_orders j JOIN held h USING (id);
+SELECT qtry(format($$SELECT lockext.extend('orders', %s, %s, '2 days')$$, id, token)) FROM held;
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', 1, '2 days')$$);
+-- The running job is a lease in the lock table, with the job's token and expiry.
+SELECT h.token = held.token AS same_token, h.expires_at = held.lease_expires_at AS same_lease
+  FROM lockext.holders h JOIN held ON h.name = 'lockext.q/orders/j/' || held.id;
 SELECT ready, running FROM lockext.queue_stats;
-SELECT lockext.extend('orders', id, token, '999 years') > now() + interval '998 years' AS extended
+SELECT lockext.extend('orders', id, token, '12 hours') > now() + interval '11 hours' AS extended
   FROM held;
 SELECT lockext.fail('orders', id, token, 'x', '999 years') AS failed FROM held;
-SELECT attempt, lease_expires_at > now() + interval '998 years' AS leased
-  FROM lockext.dequeue('orders', 1, '999 years');
+SELECT attempt, lease_expires_at > now() + interval '11 hours' AS leased
+  FROM lockext.dequeue('orders', 1, '12 hours');
 ROLLBACK;
 SELECT count(*) AS rolled_back FROM lockext.queue_orders;
 
@@ -307,7 +319,7 @@ SELECT lockext.requeue('rq', :rq1, :rq_token) AS requeued;
 SELECT lockext.requeue('rq', :rq1, :rq_token) AS requeued_again;
 SELECT lockext.complete('rq', :rq1, :rq_token) AS stale_complete;
 SELECT lockext.extend('rq', :rq1, :rq_token, '1 minute') AS stale_extend;
-SELECT id = :rq1 AS first, state, attempt, token IS NULL AS no_token FROM lockext.jobs
+SELECT id = :rq1 AS first, state, attempt FROM lockext.jobs
  WHERE queue = 'rq' ORDER BY id;
 SELECT ready, running FROM lockext.queue_stats WHERE queue = 'rq';
 SELECT id = :rq1 AS same_head, attempt, token > :rq_token AS newer_token

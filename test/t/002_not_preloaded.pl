@@ -47,16 +47,28 @@ foreach my $sql (
 my ($rc, $stderr) = run_verbose("LOAD 'lockext';\nSELECT lockext.acquire('x')");
 like($stderr, qr/ERROR:\s+55000/, 'after LOAD, acquire still fails with 55000');
 
-# Queues need no shared memory: without it, enqueue sends its wakeup with
-# NOTIFY in its own transaction, and the whole cycle works.
+# Queues keep their jobs in tables, so enqueue works without shared memory
+# (its wakeup goes out with NOTIFY in its own transaction); a running job is
+# a lease in the lock table, so dequeue, complete, fail, extend and requeue
+# need it: 55000 with the same hint.
 is( $node->safe_psql(
 		'postgres', q{
 SELECT lockext.create_queue('plain');
 SELECT lockext.enqueue('plain', '{"n": 1}', 'k') > 0;
-SELECT lockext.complete('plain', id, token) FROM lockext.dequeue('plain');
+SELECT count(*) FROM lockext.enqueue_batch('plain', ARRAY['{}'::jsonb, '{}'::jsonb]);
 }),
-	"\nt\nt",
-	'queues work without preloading');
+	"\nt\n2",
+	'enqueue works without preloading');
+foreach my $sql (
+	"SELECT * FROM lockext.dequeue('plain')",
+	"SELECT lockext.complete('plain', 1, 1)",
+	"SELECT lockext.fail('plain', 1, 1, 'x')",
+	"SELECT lockext.extend('plain', 1, 1, '1 min')",
+	"SELECT lockext.requeue('plain', 1, 1)")
+{
+	my ($rc, $stderr) = run_verbose($sql);
+	like($stderr, qr/ERROR:\s+55000: lockext is not loaded/, "$sql: SQLSTATE 55000");
+}
 
 # The server survived all of that.
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'server still answers');
