@@ -125,6 +125,9 @@ RETURNS integer
 AS 'MODULE_PATHNAME', 'lockext_redrive'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
+-- drop_queue's helper: only for who may drop queues (the extension's owner).
+REVOKE ALL ON FUNCTION @extschema@._purge_dead_jobs(text) FROM PUBLIC;
+
 -- The ids of a queue's running jobs: its live job leases in the lock table.
 CREATE FUNCTION @extschema@._running_jobs(queue text)
 RETURNS SETOF bigint

@@ -55,6 +55,35 @@ SELECT qtry($$SELECT lockext.extend('orders', 1, 1, '292300 years -2523000000 ho
 SELECT qtry($$SELECT lockext.extend('orders', 1, 1, NULL)$$);
 SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '100000000 years')$$);
 SELECT qtry($$SELECT lockext.fail('orders', 1, 1, 'x', '-100000000 years')$$);
+-- Bad input found by fuzzing the 0.1.0 queue. A run_at that is not finite
+-- is 22008 (a keyed job that never runs would hold its key forever).
+SELECT qtry($$SELECT lockext.enqueue('orders', '{}', 'k', run_at => 'infinity')$$);
+SELECT qtry($$SELECT lockext.enqueue('orders', '{}', run_at => '-infinity')$$);
+-- Array arguments have one dimension, else 2202E naming the argument.
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', '{{"{}", "{}"}, {"{}", "{}"}}'::jsonb[])$$);
+SELECT qtry($$SELECT lockext.enqueue_batch('orders', ARRAY['{}'::jsonb, '{}'], ARRAY[['a'], ['b']])$$);
+SELECT qtry($$SELECT lockext.complete('orders', ARRAY[[1, 2]]::bigint[], ARRAY[1, 2]::bigint[])$$);
+SELECT qtry($$SELECT lockext.complete('orders', ARRAY[1, 2]::bigint[], ARRAY[[1, 2]]::bigint[])$$);
+SELECT qtry($$SELECT lockext.redrive('orders', ARRAY[[1]]::bigint[])$$);
+-- NULL where a value is required is 22004, whatever the argument.
+SELECT qtry($$SELECT * FROM lockext.dequeue('orders', NULL)$$);
+SELECT qtry($$SELECT lockext.enqueue('orders', '{}', max_attempts => NULL)$$);
+SELECT qtry($$SELECT lockext.create_queue('nullparts', NULL)$$);
+SELECT qtry($$SELECT lockext.complete('orders', NULL, 1)$$);
+SELECT qtry($$SELECT lockext.complete('orders', 1, NULL)$$);
+SELECT qtry($$SELECT lockext.complete('orders', NULL::bigint[], ARRAY[1]::bigint[])$$);
+SELECT qtry($$SELECT lockext.fail('orders', 1, NULL, 'x')$$);
+SELECT qtry($$SELECT lockext.requeue('orders', NULL, 1)$$);
+SELECT qtry($$SELECT lockext.extend('orders', 1, NULL, '1 min')$$);
+-- Job leases live under lockext.q/ in the lock table: users cannot take them.
+SELECT qtry($$SELECT lockext.acquire('lockext.q/orders/k/x')$$);
+-- The internal helpers that skipped the public functions' checks are gone;
+-- what is left of them is closed to PUBLIC or only checks.
+SELECT count(*) AS old_helpers FROM pg_proc
+ WHERE pronamespace = 'lockext'::regnamespace
+   AND proname IN ('_bury', '_dequeue_expired', '_check_interval', '_free_keys', '_job_id',
+                   '_insert_jobs', '_promote_delayed', '_check');
+SELECT has_function_privilege('public', 'lockext._purge_dead_jobs(text)', 'execute') AS purge_public;
 -- Nothing was lost by the failures above: the queue is still empty.
 SELECT ready, scheduled, running, retrying, dead FROM lockext.queue_stats;
 -- The transaction stays usable after a caught error.
