@@ -9,7 +9,10 @@
 # Env: QUEUE_STRESS_JOBS (100000), QUEUE_STRESS_KEYS (1000), and the driver's
 #      QUEUE_STRESS_* knobs (workers, batch, lease, kill interval, timeout; see
 #      test/stress/queue_driver.sh); QUEUE_STRESS_SLACK_MS (checker, 5);
-#      QUEUE_STRESS_KEEP_LOGS=DIR copies the logs there.
+#      QUEUE_STRESS_KEEP_LOGS=DIR copies the logs there; QUEUE_STRESS_RESTART=1
+#      also restarts the server once mid-run with an immediate stop (with
+#      synchronous_commit on: an asynchronous commit may be lost by a crash,
+#      which PostgreSQL allows, and the checker would rightly count it).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STRESS_DIR="$LOCKEXT_ROOT/test/stress"
@@ -57,7 +60,14 @@ echo "== compiling queue_worker"
 g++ -O2 -std=c++17 -Wall -Wextra -I"$(pg_config --includedir)" \
     "$STRESS_DIR/queue_worker.cpp" -o "$WORK_DIR/queue_worker" -L"$(pg_config --libdir)" -lpq
 # Commit timestamps let the checker order completions by commit time.
-start_server "track_commit_timestamp = on" "synchronous_commit = off"
+if [ "${QUEUE_STRESS_RESTART:-0}" = 1 ]; then
+    start_server "track_commit_timestamp = on"
+    # -l again: a restart does not remember where the log went.
+    if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); else as=(); fi
+    export QUEUE_STRESS_RESTART_CMD="${as[*]} pg_ctl -D '$LOCKEXT_SERVER_DIR/data' -m immediate -w -t 120 -l '$LOCKEXT_SERVER_DIR/server.log' restart"
+else
+    start_server "track_commit_timestamp = on" "synchronous_commit = off"
+fi
 trap cleanup EXIT   # start_server set its own trap: keep stopping it, and clean up too
 echo "== server at $LOCKEXT_SERVER_DIR, port $PGPORT"
 

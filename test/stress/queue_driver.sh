@@ -10,7 +10,10 @@
 #   QUEUE_STRESS_WORKERS (8), QUEUE_STRESS_BATCH (5), QUEUE_STRESS_LEASE_MS
 #   (2000), QUEUE_STRESS_CHUNK (1000 jobs per enqueue_batch),
 #   QUEUE_STRESS_KILL_MIN_MS / _MAX_MS (1000 / 3000), QUEUE_STRESS_TIMEOUT
-#   (seconds, 180), QUEUE_STRESS_WORKER_ARGS (extra queue_worker options).
+#   (seconds, 180), QUEUE_STRESS_WORKER_ARGS (extra queue_worker options),
+#   QUEUE_STRESS_RESTART_CMD (a command that restarts the server with an
+#   immediate stop: run once, after the enqueuer is done and while jobs are
+#   left, with every worker kill -9ed first and restarted after).
 # Writes LOGDIR/worker-<slot>-<generation>.log (one per worker process),
 # LOGDIR/kills.log (one line per kill) and LOGDIR/driver.env (KILLS=,
 # ELAPSED_S=). Exits 0 when the queue drained in time and no worker or the
@@ -31,6 +34,8 @@ CHUNK=${QUEUE_STRESS_CHUNK:-1000}
 KILL_MIN_MS=${QUEUE_STRESS_KILL_MIN_MS:-1000}
 KILL_MAX_MS=${QUEUE_STRESS_KILL_MAX_MS:-3000}
 TIMEOUT=${QUEUE_STRESS_TIMEOUT:-180}
+RESTART_CMD=${QUEUE_STRESS_RESTART_CMD:-}
+restarted=0
 read -r -a WORKER_ARGS <<<"${QUEUE_STRESS_WORKER_ARGS:-}"
 
 declare -a pids gens
@@ -94,6 +99,26 @@ kill_one() {
     start_worker "$slot"
 }
 
+# kill -9 every worker (each a kill), restart the server with an immediate
+# stop, and start every worker again once it accepts connections.
+restart_server() {
+    local slot pid rc
+    for slot in "${!pids[@]}"; do
+        pid=${pids[$slot]}
+        kill -9 "$pid" 2>/dev/null || true
+        rc=0; { wait "$pid"; } 2>/dev/null || rc=$?
+        [ "$rc" = 137 ] || failures+=("worker slot $slot (pid $pid) had exited with status $rc before the restart")
+        kills=$(( kills + 1 ))
+        echo "kill slot=$slot pid=$pid gen=${gens[$slot]} t_ms=$(now_ms) restart" >>"$LOGDIR/kills.log"
+    done
+    echo "   $(( ($(now_ms) - t0) / 1000 )) s: restarting the server (immediate stop)"
+    bash -c "$RESTART_CMD" >>"$LOGDIR/restart.out" 2>&1 || failures+=("server restart failed: $(tail -3 "$LOGDIR/restart.out")")
+    for slot in "${!pids[@]}"; do
+        start_worker "$slot"
+    done
+    restarted=1
+}
+
 # Stop everything we started (on any exit path).
 cleanup() {
     local pid
@@ -142,6 +167,11 @@ while :; do
         failures+=("timeout: queue not drained after $TIMEOUT s")
         break
     fi
+    if [ -n "$RESTART_CMD" ] && [ "$restarted" = 0 ] && [ "$enq_done" = 1 ] &&
+            (( now - t0 > 5000 )); then
+        restart_server
+        continue
+    fi
     if (( now >= next_kill )); then
         kill_one
         next_kill=$(( now + KILL_MIN_MS + RANDOM % (KILL_MAX_MS - KILL_MIN_MS + 1) ))
@@ -166,6 +196,7 @@ pids=()
 [ "$enq_done" = 1 ] || { kill -9 "$enq_pid" 2>/dev/null || true; wait "$enq_pid" || true; }
 enq_pid=
 
+[ -z "$RESTART_CMD" ] || [ "$restarted" = 1 ] || failures+=("the queue drained before the server restart")
 printf 'KILLS=%s\nELAPSED_MS=%s\n' "$kills" "$elapsed_ms" >"$LOGDIR/driver.env"
 echo "== driver: drained=$drained in $(( elapsed_ms / 1000 )).$(( elapsed_ms % 1000 / 100 )) s," \
      "$kills kills, $(ls "$LOGDIR"/worker-*.log | wc -l) worker logs"
