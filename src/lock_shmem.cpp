@@ -22,6 +22,13 @@
 //     Read without a lock by any backend; written only under state_lock,
 //     after the file that records them is fsync'd.
 //
+//   leaf_gen[i] (pg_atomic_uint32)
+//     Queue leaf generations: bumped with an atomic add, after commit and
+//     after the commit's job leases were released, by a transaction that may
+//     have made a job of a leaf free (enqueue, complete, fail, requeue); read
+//     without a lock by dequeue, which skips a leaf it found without a free
+//     job while its generation stands (src/queue_ops.cpp).
+//
 //   cvs[i] (ConditionVariable)
 //     Slept on only by the backend whose PGPROC number is i, while its
 //     LockTable waiter i is queued. Signalled by whichever backend grants to
@@ -74,6 +81,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 
 static bool cleanup_registered = false;
 static bool holds_xact_locks = false;
+static bool queue_xact = false;  // lockext_queue_xact_end is due
 
 // Number of PGPROC slots, hence of possible waiters.
 static int waiter_slots() {
@@ -116,6 +124,8 @@ static void lockext_shmem_startup() {
         lockext_shared->state_lock = &locks[1].lock;
         pg_atomic_init_u64(&lockext_shared->durable_token, 0);
         pg_atomic_init_u64(&lockext_shared->durable_horizon, 0);
+        for (pg_atomic_uint32 &g : lockext_shared->leaf_gen)
+            pg_atomic_init_u32(&g, 0);
         char *p = base + MAXALIGN(sizeof(LockextShared));
         lockext_shared->cvs = reinterpret_cast<ConditionVariable *>(p);
         for (int i = 0; i < waiter_slots(); i++)
@@ -194,6 +204,10 @@ static void on_backend_exit(int, Datum) {
         LWLockRelease(lockext_shared->table_lock);
     release_backend_locks(true, true, false);
     holds_xact_locks = false;
+    if (queue_xact) {
+        queue_xact = false;
+        lockext_queue_xact_end(false);
+    }
 }
 
 // Transaction end: drop transaction-scope locks.
@@ -217,6 +231,12 @@ static void on_xact_event(XactEvent event, void *) {
                 release_backend_locks(
                     false, true, event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
                 holds_xact_locks = false;
+            }
+            // After the releases: who then looks at a leaf finds its jobs free.
+            if (queue_xact) {
+                queue_xact = false;
+                lockext_queue_xact_end(event == XACT_EVENT_COMMIT ||
+                                       event == XACT_EVENT_PARALLEL_COMMIT);
             }
             break;
         default:
@@ -243,4 +263,10 @@ void lockext_note_scoped_grant(lockext::Scope scope) {
 void lockext_note_pending_leases() {
     lockext_register_backend_cleanup();
     holds_xact_locks = true;
+}
+
+// Call lockext_queue_xact_end at the end of this transaction.
+void lockext_note_queue_xact() {
+    lockext_register_backend_cleanup();
+    queue_xact = true;
 }

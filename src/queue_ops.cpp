@@ -589,6 +589,58 @@ void lease_prefix(const char *queue, LeasePrefix *p) {
     p->len = snprintf(p->text, sizeof(p->text), "%s%s/", kLeasePrefix, queue);
 }
 
+// LEAF GENERATIONS. A dequeue that finds no free job in a leaf remembers the
+// leaf's generation (LockextShared::leaf_gen, locking protocol in
+// src/lock_shmem.cpp) and skips the leaf while it stands, for at most
+// kResumeUs (a lease running out frees a job without any event). Whatever
+// may free a job of a leaf bumps its generation once its transaction has
+// committed and released its leases: enqueue, complete, fail, requeue, the
+// burial of a lapsed job, the promotion of due delayed jobs, and a dequeue
+// that rolls back. Several leaves may share a generation (4096 of them):
+// that costs a needless rescan, never a missed job.
+constexpr int kLeafGens = 4096;
+constexpr int kTouchedMax = 64;
+struct Touched {
+    int gen;          // index into leaf_gen
+    bool abort_only;  // bump only if the transaction aborts
+};
+Touched touched[kTouchedMax];
+int ntouched = 0;
+bool touched_all = false;  // more leaves than fit: bump every generation
+
+// The generation slot of leaf `rem` of `queue` in this database.
+int leaf_gen_index(const char *queue, int64 rem) {
+    uint32 h =
+        hash_bytes(reinterpret_cast<const unsigned char *>(queue), static_cast<int>(strlen(queue)));
+    h = hash_combine(h, MyDatabaseId);
+    h = hash_combine(h, static_cast<uint32>(rem));
+    return static_cast<int>(h % kLeafGens);
+}
+
+// The current generation of leaf `rem`.
+uint32 leaf_gen(const char *queue, int64 rem) {
+    return pg_atomic_read_u32(&lockext_shared->leaf_gen[leaf_gen_index(queue, rem)]);
+}
+
+// Bump leaf `rem`'s generation when this transaction ends (only if it
+// aborts, for `abort_only`).
+void touch_leaf(const char *queue, int64 rem, bool abort_only) {
+    if (lockext_shared == nullptr)
+        return;
+    const int g = leaf_gen_index(queue, rem);
+    for (int i = 0; i < ntouched; i++)
+        if (touched[i].gen == g) {
+            touched[i].abort_only &= abort_only;
+            return;
+        }
+    lockext_note_queue_xact();
+    if (ntouched == kTouchedMax) {
+        touched_all = true;
+        return;
+    }
+    touched[ntouched++] = {g, abort_only};
+}
+
 // Mark the leases of jobs `ids` of `queue` finishing in this transaction
 // (found by job id in the lock table); ok[i] says whether tokens[i] held
 // job i's lease. Returns whether any finished lease was a key's.
@@ -641,6 +693,7 @@ Datum enqueue_impl(FunctionCallInfo fcinfo) {
                      Int32GetDatum(max_attempts)};
     char nulls[8] = {' ', ' ', key_null ? 'n' : ' ', ' ', ' ', ' ', ' ', ' '};
     run(kInsert, leaf_name(queue, rem), args, nulls);
+    touch_leaf(queue, rem, false);
     SPI_finish();
     AtEOXact_GUC(true, level);
     lockext_notify_after_commit(queue);
@@ -657,7 +710,7 @@ TimestampTz last_rare_path = 0;
 char last_rare_queue[NAMEDATALEN];
 
 // Make due delayed jobs of the queue ready; true if any became ready.
-bool promote_due(const char *table, const char *queue) {
+bool promote_due(const char *table, const char *queue, int nparts) {
     bool isnull;
     last_rare_path = GetCurrentTimestamp();
     strlcpy(last_rare_queue, queue, sizeof(last_rare_queue));
@@ -665,7 +718,11 @@ bool promote_due(const char *table, const char *queue) {
     if (!DatumGetBool(result(0, 1, &isnull)))
         return false;
     run(kPromoteDue, table, nullptr, nullptr);
-    return SPI_processed > 0;
+    if (SPI_processed == 0)
+        return false;
+    for (int rem = 0; rem < nparts; rem++)
+        touch_leaf(queue, rem, false);
+    return true;
 }
 
 // What one dequeue call works with: plain data, shared by its steps.
@@ -702,8 +759,10 @@ void count_lapsed(const char *queue, int64 job) {
     char *leaf = leaf_name(queue, job % kIdStride);
     Datum args[3] = {Int64GetDatum(job), CStringGetTextDatum("lease expired"), Int32GetDatum(0)};
     run_latest(kLapse, leaf, args, nullptr);
-    if (SPI_processed > 0 && DatumGetBool(result(0, 1, &isnull)))
+    if (SPI_processed > 0 && DatumGetBool(result(0, 1, &isnull))) {
         run_latest(kBury, leaf, args, nullptr);
+        touch_leaf(queue, job % kIdStride, false);
+    }
 }
 
 // Candidates of one scan chunk: rows whose lease this call tries.
@@ -822,6 +881,7 @@ void deliver(DequeueCall *call, Candidates *c, const char *leaf) {
         const int64 id = DatumGetInt64(result(row, 1, &isnull));
         handed[i] = id;
         c->handed[i] = true;
+        touch_leaf(call->queue, id % kIdStride, true);
         call->taken++;
         Datum values[7];
         bool nulls[7] = {false, false, false, false, false, false, false};
@@ -856,17 +916,25 @@ void deliver(DequeueCall *call, Candidates *c, const char *leaf) {
 // rows of busy keys (running, or their head retrying) at the front of a
 // leaf; when a long run of them is there (a stuck key with a backlog), every
 // call would read it again. So a scan remembers the position of the first
-// job it handed out (or the leaf's end), and for kResumeUs the next scans of
-// this backend start there. A call that comes up short scans again from the
-// top, so it has always looked at every ready job; a call that fills its
-// batch may pass over a job behind such a run for at most kResumeUs.
+// job it handed out, and for kResumeUs the next scans of this backend start
+// there (each such scan moves it to its own first job, so workers that keep
+// their jobs running long do not step over all the running ones every
+// time). A scan that finds no free job in the whole leaf marks the leaf
+// exhausted at its generation (LEAF GENERATIONS, above): the next calls skip
+// it while the generation stands, for at most kResumeUs. A call that comes
+// up short reads again from the top the leaves it read from a resume point,
+// so it misses no job but those freed by a lapsed lease or a due retry in
+// the last kResumeUs; a call that fills its batch may pass over a job
+// behind a busy run for at most kResumeUs.
 constexpr int64 kResumeUs = 100 * 1000;
 constexpr int kMaxLeaves = 1024;
 struct ResumePoint {
-    bool valid;
+    bool valid;  // a position to start from
     int32 priority;
     int64 id;
     TimestampTz until;
+    bool exhausted;  // no free job at generation `gen`: skip the leaf
+    uint32 gen;
 };
 ResumePoint resume_at[kMaxLeaves];
 char resume_queue[NAMEDATALEN];
@@ -884,6 +952,11 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
     const char *leaf = leaf_name(call->queue, rem);
     ResumePoint *rp = &resume_at[rem];
     const TimestampTz started = GetCurrentTimestamp();
+    // Read before the snapshot: a bump after it means a rescan.
+    const uint32 gen = leaf_gen(call->queue, rem);
+    pg_memory_barrier();
+    if (resume && rp->exhausted && rp->gen == gen && rp->until > started)
+        return false;
     const bool from = resume && rp->valid && rp->until > started;
     PushActiveSnapshot(GetLatestSnapshot());
     Portal portal;
@@ -895,11 +968,8 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
     }
     PopActiveSnapshot();
     if (!from)
-        *rp = {false, 0, 0, started + kResumeUs};
+        *rp = {false, 0, 0, started + kResumeUs, false, 0};
     bool placed = false;  // the resume point is set by this scan
-    int32 last_prio = 0;
-    int64 last_id = 0;
-    bool any = false;
     Candidates c;
     const int cap = 1024;
     c.ids = static_cast<int64 *>(palloc(sizeof(int64) * cap));
@@ -931,9 +1001,6 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
             Datum key = SPI_getbinval(rows->vals[r], rows->tupdesc, 2, &key_null);
             const int32 prio =
                 DatumGetInt32(SPI_getbinval(rows->vals[r], rows->tupdesc, 3, &prio_null));
-            last_prio = prio;
-            last_id = id;
-            any = true;
             LeaseName n;
             lease_name(call->queue, key_null ? nullptr : DatumGetTextPP(key), id, &n);
             if (seen_before(call, n))
@@ -964,9 +1031,14 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
                 if (round.lapsed[i] != 0)
                     count_lapsed(call->queue, round.lapsed[i]);
             deliver(call, &round, leaf);
-            for (int i = 0; i < round.n && !placed && !from; i++)
+            // The first job handed out marks where the busy run ended. A scan
+            // from the resume point moves it forward but keeps its deadline:
+            // the rows it passed were busy when the last full scan looked.
+            for (int i = 0; i < round.n && !placed; i++)
                 if (round.handed[i]) {
-                    *rp = {true, round.prios[i], round.ids[i], started + kResumeUs};
+                    *rp = {true,         round.prios[i],
+                           round.ids[i], from ? rp->until : started + kResumeUs,
+                           false,        0};
                     placed = true;
                 }
             pos += round.n;
@@ -979,9 +1051,9 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
         chunk = Min(cap, chunk * 2);
     }
     SPI_cursor_close(portal);
-    // Every row was busy: the next scans start past them.
-    if (!from && !placed && exhausted && any)
-        *rp = {true, last_prio, last_id + 1, started + kResumeUs};
+    // No free job in the whole leaf: skip it until its generation moves.
+    if (!from && !placed && exhausted)
+        *rp = {false, 0, 0, started + kResumeUs, true, gen};
     return from;
 }
 
@@ -1023,23 +1095,26 @@ Datum dequeue_impl(FunctionCallInfo fcinfo) {
     bool looked = GetCurrentTimestamp() - last_rare_path >= kRarePathIntervalUs ||
                   strcmp(last_rare_queue, call.queue) != 0;
     if (looked)
-        (void)promote_due(table, call.queue);
+        (void)promote_due(table, call.queue, nparts);
     // Each backend starts at a leaf of its own, so concurrent workers do not
     // all step over the same running jobs; priority is exact within a leaf.
     const int start = MyProc->pgprocno % Max(nparts, 1);
     if (strcmp(resume_queue, call.queue) != 0 || nparts > kMaxLeaves)
         forget_resume_points(call.queue);
-    bool resumed = false;
-    for (int k = 0; k < nparts && call.taken < call.batch; k++)
-        resumed |= dequeue_leaf(&call, (start + k) % nparts, nparts <= kMaxLeaves);
-    // Short: look at every ready job, from the top of each leaf.
-    if (call.taken < call.batch && resumed) {
-        forget_resume_points(call.queue);
-        for (int k = 0; k < nparts && call.taken < call.batch; k++)
-            (void)dequeue_leaf(&call, (start + k) % nparts, false);
+    bool *resumed = static_cast<bool *>(palloc0(sizeof(bool) * (nparts + 1)));
+    for (int k = 0; k < nparts && call.taken < call.batch; k++) {
+        const int rem = (start + k) % nparts;
+        resumed[rem] = dequeue_leaf(&call, rem, nparts <= kMaxLeaves);
+    }
+    // Short: look again from the top of the leaves read from a resume point
+    // (the others were read whole, or have no free job at their generation).
+    for (int k = 0; k < nparts && call.taken < call.batch; k++) {
+        const int rem = (start + k) % nparts;
+        if (resumed[rem])
+            (void)dequeue_leaf(&call, rem, false);
     }
     // Still short: due delayed jobs may have become ready.
-    if (call.taken < call.batch && !looked && promote_due(table, call.queue)) {
+    if (call.taken < call.batch && !looked && promote_due(table, call.queue, nparts)) {
         hash_destroy(call.seen);
         call.seen = hash_create("lockext dequeue names", 256, &ctl,
                                 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
@@ -1101,6 +1176,7 @@ Datum complete_impl(FunctionCallInfo fcinfo) {
         Datum args[1] = {Int64GetDatum(id)};
         run(kDelete, leaf, args, nullptr);
         done = SPI_processed > 0;
+        touch_leaf(queue, id % kIdStride, false);
         SPI_finish();
         AtEOXact_GUC(true, level);
     }
@@ -1187,6 +1263,7 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
                 PointerGetDatum(construct_array(id_datums, nd, INT8OID, 8, true, TYPALIGN_DOUBLE))};
             run(kDeleteMany, leaf, args, nullptr);
             done += static_cast<int>(SPI_processed);
+            touch_leaf(queue, rem, false);
         }
         start = end;
     }
@@ -1232,6 +1309,8 @@ Datum fail_impl(FunctionCallInfo fcinfo) {
             outcome = "retry";
         }
     }
+    if (held)
+        touch_leaf(queue, id % kIdStride, false);
     SPI_finish();
     AtEOXact_GUC(true, level);
     // A buried job frees its key for the next job at commit.
@@ -1253,8 +1332,10 @@ Datum requeue_impl(FunctionCallInfo fcinfo) {
     // never counted this delivery. The lease goes at commit.
     bool done;
     (void)finish_jobs(queue, &id, &token, 1, &done);
-    if (done)
+    if (done) {
+        touch_leaf(queue, id % kIdStride, false);
         lockext_notify_after_commit(queue);
+    }
     PG_RETURN_BOOL(done);
 }
 
@@ -1370,6 +1451,8 @@ int insert_jobs(const char *queue, const OptionalArray &payloads, const Optional
         PointerGetDatum(construct_array(maxa, n, INT4OID, 4, true, TYPALIGN_INT))};
     if (n > 0)
         run(kInsertMany, queue_table(queue), args, nullptr);
+    for (int i = 0; i < n; i++)
+        touch_leaf(queue, rems[i], false);
     SPI_finish();
     AtEOXact_GUC(true, level);
     if (n > 0)
@@ -1533,6 +1616,24 @@ Datum purge_dead_jobs_impl(FunctionCallInfo fcinfo) {
 }
 
 }  // namespace
+
+// Bump the generations of the leaves this transaction touched; see LEAF
+// GENERATIONS. Called by src/lock_shmem.cpp after the transaction's leases
+// were settled.
+void lockext_queue_xact_end(bool commit) {
+    if (lockext_shared != nullptr) {
+        if (touched_all) {
+            for (pg_atomic_uint32 &g : lockext_shared->leaf_gen)
+                pg_atomic_fetch_add_u32(&g, 1);
+        } else {
+            for (int i = 0; i < ntouched; i++)
+                if (!commit || !touched[i].abort_only)
+                    pg_atomic_fetch_add_u32(&lockext_shared->leaf_gen[touched[i].gen], 1);
+        }
+    }
+    ntouched = 0;
+    touched_all = false;
+}
 
 LOCKEXT_SQL_FUNCTION(purge_dead_jobs)
 LOCKEXT_SQL_FUNCTION(enqueue)

@@ -20,6 +20,9 @@ struct LockextShared {
     pg_atomic_uint64 durable_horizon;
     lockext::LockTable *table;
     ConditionVariable *cvs;  // one per PGPROC number, slept on by its waiter
+    // Queue leaf generations (src/queue_ops.cpp): bumped after a commit that
+    // may have made a job of the leaf free; no lock (atomics).
+    pg_atomic_uint32 leaf_gen[4096];
 };
 
 extern LockextShared *lockext_shared;
@@ -38,6 +41,11 @@ void lockext_note_scoped_grant(lockext::Scope scope);
 // Note that this transaction has job leases that its end settles (call
 // before taking or finishing one).
 void lockext_note_pending_leases();
+// Call lockext_queue_xact_end at the end of this transaction.
+void lockext_note_queue_xact();
+// Queue bookkeeping at the end of a transaction, after its job leases were
+// settled (src/queue_ops.cpp).
+void lockext_queue_xact_end(bool commit);
 // Signal waiter `w`'s condition variable; a lockext::WakeFn.
 void lockext_wake_waiter(std::int32_t w, void *ctx);
 
