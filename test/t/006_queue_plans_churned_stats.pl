@@ -63,7 +63,7 @@ for my $p (@plans)
 	my $what =
 	    $q =~ /^DELETE .* j\.id = \$1/               ? 'complete: delete by id'
 	  : $q =~ /^DELETE .* j\.id = ANY/               ? 'batch complete: delete by ids'
-	  : $q =~ /^SELECT j\.id, j\.key FROM .*ORDER BY/ ? 'dequeue: scan the ready jobs'
+	  : $q =~ /^\(?SELECT j\.id, j\.key, j\.priority FROM .*ORDER BY/ ? 'dequeue: scan the ready jobs'
 	  : $q =~ /^SELECT h\.id/                        ? "dequeue: recheck the keys' heads"
 	  : $q =~ /^SELECT j\.key, j\.attempt/           ? 'fail: find by id'
 	  : $q =~ /^UPDATE .*SET state = 'delayed'/s     ? 'fail: retry'
