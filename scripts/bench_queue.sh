@@ -407,7 +407,7 @@ report() {
          "autovacuum=$(sql -At -c 'SHOW autovacuum') (naptime $(sql -At -c 'SHOW autovacuum_naptime');" \
          "the queue partitions carry create_queue's own autovacuum settings)." \
          "Load average (1 min) at start / end: ${LOAD_START} / $(load_1min) (other work on the box skews the numbers)." \
-         "Extension SQL measured: sql/lockext--0.1.0.sql md5 $(md5sum "$LOCKEXT_ROOT/sql/lockext--0.1.0.sql" | cut -c1-12)" \
+         "Extension: lockext $(sql -At -c "SELECT extversion FROM pg_extension WHERE extname = 'lockext'") (SQL scripts md5 $(cat "$LOCKEXT_ROOT"/sql/lockext--*.sql | md5sum | cut -c1-12))" \
          "$( [ "$PGMQ_ON" = 1 ] && echo "and $(pgmq_source)." || echo "(pgmq not measured).")"
     echo
     echo "### Throughput: full cycle enqueue → dequeue → complete (jobs/s)"
