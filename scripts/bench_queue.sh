@@ -420,8 +420,8 @@ report() {
          "**lockext batch** = \`enqueue_batch\` of ${BENCH_QUEUE_BATCH} (random keys of ${BENCH_QUEUE_KEYS})" \
          "+ \`dequeue(${BENCH_QUEUE_BATCH})\` + \`complete(ids[], tokens[])\`;" \
          "**lockext ack+fetch** = the same jobs, but the worker completes the job it fetched last" \
-         "and dequeues the next in one transaction (\`BEGIN; complete(prev); dequeue; COMMIT\`):" \
-         "two commits per job like the baseline, and the job still holds its lease between fetch and complete;" \
+         "and dequeues the next in one call (\`complete_and_dequeue(prev ids, prev tokens, n)\`):" \
+         "two commits and two round trips per job like the baseline, and the job still holds its lease between fetch and complete;" \
          "$(pgmq_method)" \
          "**plain single** = \`INSERT\` + \`DELETE … WHERE id = (SELECT … ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING\`;" \
          "**plain batch** = \`INSERT … SELECT unnest(\$1::jsonb[])\` of ${BENCH_QUEUE_BATCH}" \

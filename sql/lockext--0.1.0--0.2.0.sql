@@ -96,6 +96,18 @@ RETURNS SETOF bigint
 AS 'MODULE_PATHNAME', 'lockext_enqueue_batch'
 LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
 
+-- A worker's one call per round: complete the jobs it holds (ids[i] with
+-- tokens[i]; empty arrays for none), then dequeue the next ones, in one
+-- transaction and one round trip.
+CREATE FUNCTION @extschema@.complete_and_dequeue(queue text, ids bigint[], tokens bigint[],
+                                                 batch int DEFAULT 1,
+                                                 lease interval DEFAULT '30 seconds',
+                                                 worker text DEFAULT NULL)
+RETURNS TABLE(id bigint, key text, payload jsonb, attempt int, token bigint,
+              enqueued_at timestamptz, lease_expires_at timestamptz)
+AS 'MODULE_PATHNAME', 'lockext_complete_and_dequeue'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 1;
+
 -- Report a failed attempt: 'retry' (after retry_in, or backoff) or 'dead'
 -- (after max_attempts); NULL when that token no longer holds the job.
 CREATE FUNCTION @extschema@.fail(queue text, id bigint, token bigint, error text,

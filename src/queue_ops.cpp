@@ -1057,16 +1057,17 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
     return from;
 }
 
-// Take up to `batch` jobs; see lockext.dequeue.
-Datum dequeue_impl(FunctionCallInfo fcinfo) {
+// Take up to `batch` jobs of the queue in argument 0, with the batch, lease
+// and worker in arguments b, b + 1 and b + 2; see lockext.dequeue.
+Datum dequeue_with(FunctionCallInfo fcinfo, int b) {
     lockext_require_loaded();
     DequeueCall call;
     call.queue = queue_arg(fcinfo, 0);
-    require_arg(fcinfo, 1, "batch");
-    check(PG_GETARG_INT32(1) >= 1, "batch must be at least 1");
-    call.batch = PG_GETARG_INT32(1);
-    call.lease_us = lease_us(PG_ARGISNULL(2), PG_GETARG_DATUM(2));
-    call.worker = PG_ARGISNULL(3) ? nullptr : PG_GETARG_TEXT_PP(3);
+    require_arg(fcinfo, b, "batch");
+    check(PG_GETARG_INT32(b) >= 1, "batch must be at least 1");
+    call.batch = PG_GETARG_INT32(b);
+    call.lease_us = lease_us(PG_ARGISNULL(b + 1), PG_GETARG_DATUM(b + 1));
+    call.worker = PG_ARGISNULL(b + 2) ? nullptr : PG_GETARG_TEXT_PP(b + 2);
     if (call.worker != nullptr && VARSIZE_ANY_EXHDR(call.worker) > lockext::kMaxOwnerLen)
         ereport(ERROR, (errcode(ERRCODE_NAME_TOO_LONG),
                         errmsg("worker is over the limit of %d bytes", lockext::kMaxOwnerLen)));
@@ -1209,8 +1210,14 @@ int compare_pair(const void *a, const void *b) {
     return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0;
 }
 
-// Finish many jobs; see lockext.complete(queue, ids, tokens).
-Datum complete_many_impl(FunctionCallInfo fcinfo) {
+// Take up to `batch` jobs; see lockext.dequeue.
+Datum dequeue_impl(FunctionCallInfo fcinfo) {
+    return dequeue_with(fcinfo, 1);
+}
+
+// Finish the jobs of arguments 0 (queue), 1 (ids) and 2 (tokens); returns
+// how many were held. See lockext.complete(queue, ids, tokens).
+int complete_with(FunctionCallInfo fcinfo) {
     lockext_require_loaded();
     char *queue = queue_arg(fcinfo, 0);
     (void)open_queue(queue);
@@ -1271,7 +1278,19 @@ Datum complete_many_impl(FunctionCallInfo fcinfo) {
     AtEOXact_GUC(true, level);
     if (done > 0 && keyed)
         lockext_notify_after_commit(queue);
-    PG_RETURN_INT32(done);
+    return done;
+}
+
+// Finish many jobs; see lockext.complete(queue, ids, tokens).
+Datum complete_many_impl(FunctionCallInfo fcinfo) {
+    PG_RETURN_INT32(complete_with(fcinfo));
+}
+
+// A worker's one call per round: finish the jobs it holds, then take the
+// next ones; see lockext.complete_and_dequeue.
+Datum complete_and_dequeue_impl(FunctionCallInfo fcinfo) {
+    (void)complete_with(fcinfo);
+    return dequeue_with(fcinfo, 3);
 }
 
 // Report a failed attempt; see lockext.fail.
@@ -1640,6 +1659,7 @@ LOCKEXT_SQL_FUNCTION(enqueue)
 LOCKEXT_SQL_FUNCTION(dequeue)
 LOCKEXT_SQL_FUNCTION(complete)
 LOCKEXT_SQL_FUNCTION(complete_many)
+LOCKEXT_SQL_FUNCTION(complete_and_dequeue)
 LOCKEXT_SQL_FUNCTION(fail)
 LOCKEXT_SQL_FUNCTION(requeue)
 LOCKEXT_SQL_FUNCTION(extend)

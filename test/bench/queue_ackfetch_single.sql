@@ -1,14 +1,12 @@
 -- pgbench script: the lockext single-job cycle as a worker that acknowledges
--- and fetches in one transaction: enqueue one job (keyed, as in
--- queue_lockext_single.sql); then complete the job this client fetched last
--- time and dequeue the next one, in one transaction. Two commits per job, as
--- the plain baseline, and the job keeps its lease between fetch and
--- complete. The first complete gets id 0 and returns false.
+-- and fetches in one call: enqueue one job (keyed, as in
+-- queue_lockext_single.sql); then complete_and_dequeue completes the job
+-- this client fetched last time and dequeues the next one, in one round
+-- trip and one transaction. Two commits and two round trips per job, as the
+-- plain baseline, and the job keeps its lease between fetch and complete.
+-- The first call completes id 0, which no job has.
 -- Variables: :payload, :keys, and :pid / :ptok (0 at start, from -D).
 \set k random(0, :keys - 1)
 SELECT lockext.enqueue('bench', :payload::jsonb, 'k' || :k);
-BEGIN;
-SELECT lockext.complete('bench', :pid::bigint, :ptok::bigint);
 SELECT coalesce(max(id), 0) AS pid, coalesce(max(token), 0) AS ptok, max(payload::text) AS body
-  FROM lockext.dequeue('bench', 1) \gset
-COMMIT;
+  FROM lockext.complete_and_dequeue('bench', ARRAY[:pid]::bigint[], ARRAY[:ptok]::bigint[], 1) \gset

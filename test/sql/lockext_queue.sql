@@ -358,6 +358,27 @@ SELECT qtry($$SELECT lockext.requeue('no_such_queue', 1, 1)$$);
 SELECT qtry($$SELECT lockext.requeue(NULL, 1, 1)$$);
 SELECT lockext.drop_queue('rq');
 
+-- complete_and_dequeue: a worker's one call per round finishes what it
+-- holds, then takes the next jobs (here the key's next job is not free yet:
+-- the completed head's lease goes at commit).
+SELECT lockext.create_queue('cd', 1);
+SELECT count(*) FROM lockext.enqueue_batch('cd', ARRAY['{"n": 1}', '{"n": 2}', '{"n": 3}']::jsonb[],
+                                           ARRAY['a', 'a', 'b']);
+CREATE TEMP TABLE cd1 AS SELECT * FROM lockext.complete_and_dequeue('cd', '{}', '{}', 10);
+SELECT payload->>'n' AS n, attempt FROM cd1 ORDER BY id;
+CREATE TEMP TABLE cd2 AS
+SELECT * FROM lockext.complete_and_dequeue('cd', ARRAY(SELECT id FROM cd1), ARRAY(SELECT token FROM cd1), 10);
+SELECT count(*) AS key_a_not_free_within_the_call FROM cd2;
+SELECT payload->>'n' AS n FROM lockext.complete_and_dequeue('cd', '{}', '{}', 10);
+SELECT ready, running FROM lockext.queue_stats WHERE queue = 'cd';
+SELECT qtry($$SELECT * FROM lockext.complete_and_dequeue('cd', NULL, '{}')$$);
+SELECT qtry($$SELECT * FROM lockext.complete_and_dequeue('cd', '{1}', '{}')$$);
+SELECT qtry($$SELECT * FROM lockext.complete_and_dequeue('cd', '{}', '{}', 0)$$);
+SELECT qtry($$SELECT * FROM lockext.complete_and_dequeue('cd', '{}', '{}', 1, NULL)$$);
+SELECT qtry($$SELECT * FROM lockext.complete_and_dequeue('no_such_queue', '{}', '{}')$$);
+DROP TABLE cd1; DROP TABLE cd2;
+SELECT lockext.drop_queue('cd');
+
 SELECT lockext.drop_queue('orders');
 SELECT count(*) AS queues FROM lockext.queues;
 SELECT to_regclass('lockext.queue_orders') AS gone;
