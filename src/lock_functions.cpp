@@ -307,15 +307,7 @@ Datum acquire_impl(FunctionCallInfo fcinfo) {
                         errmsg("max_holders applies only to semaphore mode")));
 
     Request req;
-    memset(&req, 0, sizeof(req));
-    req.dboid = MyDatabaseId;
-    req.roleid = GetUserId();
-    req.pid = MyProcPid;
-    req.slot = MyProc->pgprocno;
-    req.mode = mode;
-    req.scope = scope;
-    req.max_holders = max_holders;
-    req.ttl_us = ttl_us;
+    lockext_init_request(&req, mode, scope, max_holders, ttl_us);
     if (!PG_ARGISNULL(6)) {
         text *owner = PG_GETARG_TEXT_PP(6);
         if (VARSIZE_ANY_EXHDR(owner) > lockext::kMaxOwnerLen)
@@ -324,8 +316,6 @@ Datum acquire_impl(FunctionCallInfo fcinfo) {
         req.has_owner = true;
         memcpy(req.owner, VARDATA_ANY(owner), VARSIZE_ANY_EXHDR(owner));
     }
-    copy_str(req.app_name, application_name, sizeof(req.app_name));
-    client_addr(req.client_addr, sizeof(req.client_addr));
 
     // Before queueing: a FATAL while queued must find its cleanup registered.
     if (scope != Scope::lease || wait_us != 0)
@@ -462,6 +452,23 @@ Datum force_release_impl(FunctionCallInfo fcinfo) {
 }
 
 }  // namespace
+
+// A request of this backend, as its current role, with its application
+// name and client address (no owner).
+void lockext_init_request(Request *req, lockext::Mode mode, Scope scope, std::int32_t max_holders,
+                          std::int64_t ttl_us) {
+    memset(req, 0, sizeof(*req));
+    req->dboid = MyDatabaseId;
+    req->roleid = GetUserId();
+    req->pid = MyProcPid;
+    req->slot = MyProc->pgprocno;
+    req->mode = mode;
+    req->scope = scope;
+    req->max_holders = max_holders;
+    req->ttl_us = ttl_us;
+    copy_str(req->app_name, application_name, sizeof(req->app_name));
+    client_addr(req->client_addr, sizeof(req->client_addr));
+}
 
 LOCKEXT_SQL_FUNCTION(acquire)
 LOCKEXT_SQL_FUNCTION(renew)

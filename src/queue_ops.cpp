@@ -785,15 +785,7 @@ struct Candidates {
 // call was granted).
 void try_leases(DequeueCall *call, Candidates *c, int want) {
     Request req;
-    memset(&req, 0, sizeof(req));
-    req.dboid = MyDatabaseId;
-    req.roleid = GetUserId();
-    req.pid = MyProcPid;
-    req.slot = MyProc->pgprocno;
-    req.mode = lockext::Mode::exclusive;
-    req.scope = lockext::Scope::lease;
-    req.max_holders = 1;
-    req.ttl_us = call->lease_us;
+    lockext_init_request(&req, lockext::Mode::exclusive, lockext::Scope::lease, 1, call->lease_us);
     req.pending = true;
     if (call->worker != nullptr) {
         const int len =
@@ -801,8 +793,6 @@ void try_leases(DequeueCall *call, Candidates *c, int want) {
         req.has_owner = true;
         memcpy(req.owner, VARDATA_ANY(call->worker), len);
     }
-    strlcpy(req.app_name, application_name != nullptr ? application_name : "",
-            sizeof(req.app_name));
     bool full = false;
     lockext_note_pending_leases();
     LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);

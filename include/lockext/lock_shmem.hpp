@@ -46,6 +46,10 @@ void lockext_note_queue_xact();
 // Queue bookkeeping at the end of a transaction, after its job leases were
 // settled (src/queue_ops.cpp).
 void lockext_queue_xact_end(bool commit);
+// A request of this backend, as its current role, with its application
+// name and client address (no owner); src/lock_functions.cpp.
+void lockext_init_request(lockext::Request *req, lockext::Mode mode, lockext::Scope scope,
+                          std::int32_t max_holders, std::int64_t ttl_us);
 // Signal waiter `w`'s condition variable; a lockext::WakeFn.
 void lockext_wake_waiter(std::int32_t w, void *ctx);
 
