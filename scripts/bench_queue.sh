@@ -31,6 +31,8 @@
 #   BENCH_QUEUE_PUSH_MAX_SECONDS  stop the push after the part running when
 #                             this many seconds have passed (default 300); the
 #                             report then says how many jobs went through
+#   BENCH_QUEUE_SETTLE_SECONDS  if set, also probe again after this many more
+#                             seconds of autovacuum alone (default 0: no)
 #   BENCH_OUT                 also write the Markdown report to this file
 #   PGMQ_SRC                  a pgmq source tree's PGXS directory (the one with
 #                             pgmq's Makefile and pgmq.control, pgmq-extension/
@@ -52,6 +54,7 @@ BENCH_QUEUE_PROBE_JOBS=${BENCH_QUEUE_PROBE_JOBS:-20000}
 BENCH_QUEUE_PROBE_SINGLE=${BENCH_QUEUE_PROBE_SINGLE:-2000}
 BENCH_QUEUE_PUSH_CLIENTS=${BENCH_QUEUE_PUSH_CLIENTS:-1}
 BENCH_QUEUE_PUSH_MAX_SECONDS=${BENCH_QUEUE_PUSH_MAX_SECONDS:-300}
+BENCH_QUEUE_SETTLE_SECONDS=${BENCH_QUEUE_SETTLE_SECONDS:-0}
 BENCH_OUT=${BENCH_OUT:-}
 PGMQ_SRC=${PGMQ_SRC:-}
 PGMQ_ON=0                    # 1 once pgmq is built, installed and created
@@ -81,6 +84,8 @@ check_settings() {
              BENCH_QUEUE_PUSH_MAX_SECONDS; do
         [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || fail "$v must be a positive integer, not '${!v}'"
     done
+    [[ "$BENCH_QUEUE_SETTLE_SECONDS" =~ ^(0|[1-9][0-9]*)$ ]] ||
+        fail "BENCH_QUEUE_SETTLE_SECONDS must be a non-negative integer, not '$BENCH_QUEUE_SETTLE_SECONDS'"
     [[ "$BENCH_QUEUE_BLOAT_JOBS" =~ ^(0|[1-9][0-9]*)$ ]] ||
         fail "BENCH_QUEUE_BLOAT_JOBS must be a non-negative integer, not '$BENCH_QUEUE_BLOAT_JOBS'"
     (( BENCH_QUEUE_PROBE_JOBS >= BENCH_QUEUE_BATCH )) ||
@@ -358,6 +363,14 @@ run_bloat() {
     BLOAT[dead_letter]=$(sql -At -c "SELECT dead FROM bench_queue_left('$QUEUE')")
     printf '   after %d jobs: %9.1f jobs/s in batches, %9.1f jobs/s single\n' \
         "$pushed" "$PROBE_BATCH_RATE" "$PROBE_SINGLE_RATE"
+    if (( BENCH_QUEUE_SETTLE_SECONDS > 0 )); then
+        sleep "$BENCH_QUEUE_SETTLE_SECONDS"
+        BLOAT[settle_state]=$(queue_table_state)
+        probe
+        BLOAT[settled_batch]=$PROBE_BATCH_RATE BLOAT[settled_single]=$PROBE_SINGLE_RATE
+        printf '   after %d s more: %9.1f jobs/s in batches, %9.1f jobs/s single\n' \
+            "$BENCH_QUEUE_SETTLE_SECONDS" "$PROBE_BATCH_RATE" "$PROBE_SINGLE_RATE"
+    fi
 }
 
 # Statement latencies "a b c" as "a / b / c" with one decimal.
@@ -502,6 +515,13 @@ report() {
     printf '| dequeue(1) + complete, %s jobs | %.0f | %.0f | %s× | ≥ 0.80×: %s |\n' \
         "$(printf "%'d" "$BENCH_QUEUE_PROBE_SINGLE")" \
         "${BLOAT[before_single]}" "${BLOAT[after_single]}" "$r" "$(verdict "$r" ge 0.8)"
+    if (( BENCH_QUEUE_SETTLE_SECONDS > 0 )); then
+        printf '| the same, %d s of autovacuum later: batch / single | %.0f / %.0f | %.0f / %.0f | %s× / %s× | — |\n' \
+            "$BENCH_QUEUE_SETTLE_SECONDS" "${BLOAT[before_batch]}" "${BLOAT[before_single]}" \
+            "${BLOAT[settled_batch]}" "${BLOAT[settled_single]}" \
+            "$(ratio "${BLOAT[settled_batch]}" "${BLOAT[before_batch]}")" \
+            "$(ratio "${BLOAT[settled_single]}" "${BLOAT[before_single]}")"
+    fi
     echo
     echo "Dequeue / complete latency (ms): batch $(fmt_ms "${BLOAT[before_batch_stmt]}") fresh," \
          "$(fmt_ms "${BLOAT[after_batch_stmt]}") after; single $(fmt_ms "${BLOAT[before_single_stmt]}") fresh," \
@@ -517,6 +537,10 @@ report() {
     printf '| right after the push | %s | %s | %s |\n' "$mb" "$dead" "$vac"
     read -r mb dead vac <<<"${BLOAT[after_state]}"
     printf '| after the second measurement | %s | %s | %s |\n' "$mb" "$dead" "$vac"
+    if (( BENCH_QUEUE_SETTLE_SECONDS > 0 )); then
+        read -r mb dead vac <<<"${BLOAT[settle_state]}"
+        printf '| %d s later, before the third | %s | %s | %s |\n' "$BENCH_QUEUE_SETTLE_SECONDS" "$mb" "$dead" "$vac"
+    fi
     echo
     echo "Dead-letter jobs at the end: ${BLOAT[dead_letter]} (expected 0)."
 }
