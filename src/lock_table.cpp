@@ -727,20 +727,6 @@ Result LockTable::release(const Key &key, std::int64_t token, Timestamp now,
     return r;
 }
 
-// Mark a live lease as finished by the open transaction of backend `pid`:
-// it no longer expires, and end_xact settles it (see the header).
-Result LockTable::finish(const Key &key, std::int64_t token, Timestamp now, std::int32_t pid,
-                         std::int32_t slot) noexcept {
-    Result r{};
-    std::int32_t e;
-    const std::int32_t h = held_by(key, token, now, 0, true, &e, &r);
-    if (h < 0 || slot < 0 || slot >= nwaiters_) {
-        r.outcome = Outcome::not_held;
-        return r;
-    }
-    return finish_holder(h, pid, slot);
-}
-
 // Mark live holder `h` finishing in the transaction of backend `pid`.
 Result LockTable::finish_holder(std::int32_t h, std::int32_t pid, std::int32_t slot) noexcept {
     Result r{};

@@ -124,7 +124,6 @@ enum Stmt : int {
     kLapse,       // leaf: count a lapsed delivery; true when it was the last attempt
     kBury,        // leaf: move a job to dead_jobs
     kFind,        // leaf: a job's key and attempts, by id
-    kFindMany,    // leaf: jobs' ids and keys, by ids
     kDelete,      // leaf: delete a job by id
     kDeleteMany,  // leaf: delete jobs by ids
     kRetry,       // leaf: a failed job waits for its retry
@@ -204,9 +203,6 @@ const char *stmt_sql(int stmt) {
         case kFind:
             return "SELECT j.key, j.attempt, j.max_attempts FROM lockext.%1$s j WHERE j.id = $1 "
                    "AND j.state = (SELECT 'ready'::text)";
-        case kFindMany:
-            return "SELECT j.id, j.key FROM lockext.%1$s j WHERE j.id = ANY ($1) "
-                   "AND j.state = (SELECT 'ready'::text)";
         case kDelete:
             return "DELETE FROM lockext.%1$s j WHERE j.id = $1";
         case kDeleteMany:
@@ -265,7 +261,6 @@ int stmt_params(int stmt, Oid *types) {
             types[0] = INT8ARRAYOID;
             types[1] = TEXTARRAYOID;
             return 2;
-        case kFindMany:
         case kDeleteMany:
             types[0] = INT8ARRAYOID;
             return 1;

@@ -198,21 +198,17 @@ class LockTable {
     // Release a live lease and hand the lock to the next waiters.
     Result release(const Key &key, std::int64_t token, Timestamp now, std::uint32_t caller_role,
                    bool privileged, WakeFn wake, void *ctx) noexcept;
-    // Mark a live lease as finished by the transaction of backend `pid`
-    // (waiter slot `slot`): it cannot expire before that transaction ends,
-    // which releases it at commit and restores it at abort (end_xact).
-    // not_held when the token does not hold it, or another open
-    // transaction decides it.
-    Result finish(const Key &key, std::int64_t token, Timestamp now, std::int32_t pid,
-                  std::int32_t slot) noexcept;
     // Mark every job lease of `dboid` named `prefix`... (`len` bytes) as
-    // finished by the transaction of backend `pid` (see finish); expired
+    // finished by the transaction of backend `pid` (see finish_job); expired
     // ones are freed. Returns how many were marked.
     std::int32_t finish_all(std::uint32_t dboid, const char *prefix, int len, Timestamp now,
                             std::int32_t pid, std::int32_t slot) noexcept;
-    // Mark the live lease of job `job` (in `dboid`) with `token` finishing,
-    // as finish() does; not_held unless its name starts with `prefix` (`len`
-    // bytes). *keyed says whether the lease is a key's (not the job id's).
+    // Mark the live lease of job `job` (in `dboid`) with `token` as finished
+    // by the transaction of backend `pid` (waiter slot `slot`): it cannot
+    // expire before that transaction ends, which releases it at commit and
+    // restores it at abort (release_backend). not_held unless its name starts
+    // with `prefix` (`len` bytes), or when another open transaction decides
+    // it. *keyed says whether the lease is a key's (not the job id's).
     Result finish_job(std::uint32_t dboid, std::int64_t job, std::int64_t token, const char *prefix,
                       int len, Timestamp now, std::int32_t pid, std::int32_t slot,
                       bool *keyed) noexcept;
