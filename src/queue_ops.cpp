@@ -23,12 +23,13 @@
 //
 // DEQUEUE PROTOCOL (no row locks: rows are read, never locked, by dequeue)
 //  1. Scan a leaf's ready jobs in (priority DESC, id) order with the latest
-//     snapshot.
+//     snapshot (through the ready index directly, src/queue_scan.cpp: an
+//     SPI statement's executor start-up cost more than the scan).
 //  2. For each row whose key this call has not met yet, try its lease in
 //     the lock table without waiting, as a pending lease (Pending::granted:
 //     the transaction's abort releases it, its commit keeps it).
 //  3. Recheck the granted rows with a new latest snapshot taken after the
-//     grants: the row is still there, still ready, and no earlier live job
+//     grants (the (key, id) index, or the id index for an unkeyed job): the row is still there, still ready, and no earlier live job
 //     of its key exists. A job finished by a commit is gone for any
 //     snapshot taken after its lease was released (complete releases at
 //     commit, after the commit is visible: see lock_shmem.cpp), so a
@@ -99,11 +100,15 @@ extern "C" {
 #include "lockext/lock_shmem.hpp"
 #include "lockext/pg_guard.hpp"
 #include "lockext/queue_notify.hpp"
+#include "lockext/queue_scan.hpp"
 
 using lockext::Key;
 using lockext::LockTable;
 using lockext::Outcome;
 using lockext::Request;
+using lockext::leaf::JobRow;
+using lockext::leaf::LeafRel;
+using lockext::leaf::ReadyScan;
 
 namespace {
 
@@ -118,9 +123,6 @@ constexpr const char *kLeasePrefix = "lockext.q/";
 enum Stmt : int {
     kInsert,      // leaf: insert one job
     kInsertMany,  // queue table: insert a batch of jobs
-    kScan,        // leaf: ready jobs in dequeue order (a cursor)
-    kScanFrom,    // leaf: the same from a position on
-    kRecheck,     // leaf: which granted jobs are still ready key heads, with their rows
     kLapse,       // leaf: count a lapsed delivery; true when it was the last attempt
     kBury,        // leaf: move a job to dead_jobs
     kFind,        // leaf: a job's key and attempts, by id
@@ -144,9 +146,6 @@ struct PlanEntry {
     SPIPlanPtr plan;
 };
 
-// The columns dequeue reads and returns, after the id.
-#define JOB_COLS "j.id, j.key, j.payload, j.attempt, j.max_attempts, j.enqueued_at"
-
 // The SQL of each statement; %1$s is the quoted leaf, %2$s the queue table.
 const char *stmt_sql(int stmt) {
     switch (stmt) {
@@ -158,39 +157,12 @@ const char *stmt_sql(int stmt) {
                    "max_attempts) SELECT $1, u.id, u.key, u.payload, u.state, u.run_at, "
                    "u.priority, u.max_attempts FROM unnest($2, $3, $4, $5, $6, $7, $8) "
                    "AS u(id, key, payload, state, run_at, priority, max_attempts)";
-        case kScan:
-            return "SELECT j.id, j.key, j.priority FROM lockext.%1$s j WHERE j.state = 'ready' "
-                   "ORDER BY j.priority DESC, j.id";
-        case kScanFrom:
-            // From ($1, $2) on in (priority DESC, id) order: two ranges of the
-            // ready index, appended in that order.
-            return "(SELECT j.id, j.key, j.priority FROM lockext.%1$s j WHERE j.state = 'ready' "
-                   "AND j.priority = $1 AND j.id >= $2 ORDER BY j.priority DESC, j.id) "
-                   "UNION ALL (SELECT j.id, j.key, j.priority FROM lockext.%1$s j "
-                   "WHERE j.state = 'ready' AND j.priority < $1 ORDER BY j.priority DESC, j.id)";
         // Statements that find jobs by id test their state against a
         // sub-select, not a literal: the planner can then not match it to
         // the partial ready index's predicate. With churned statistics (a
         // bloated leaf analysed when it held a few live rows) it otherwise
         // reads that whole index, dead entries and all, instead of looking
         // the ids up.
-        case kRecheck:
-            // $1, $2: the granted rows' ids and keys. A keyed row stands for
-            // its key: what comes back is the key's head (the live job with
-            // the lowest id) if that is ready, which may be another row than
-            // the one scanned (a later job of higher priority, or a head the
-            // scan's snapshot did not see yet). `ord` says which candidate.
-            return "SELECT h.id, h.key, h.payload, h.attempt, h.max_attempts, h.enqueued_at, "
-                   "u.ord::int FROM unnest($1, $2) WITH ORDINALITY AS u(id, key, ord) "
-                   "CROSS JOIN LATERAL (SELECT " JOB_COLS
-                   ", j.state FROM lockext.%1$s j "
-                   "WHERE j.key = u.key ORDER BY j.key, j.id LIMIT 1) h "
-                   "WHERE u.key IS NOT NULL AND h.state = 'ready' "
-                   "UNION ALL SELECT " JOB_COLS
-                   ", u.ord::int "
-                   "FROM unnest($1, $2) WITH ORDINALITY AS u(id, key, ord) "
-                   "JOIN lockext.%1$s j ON j.id = u.id "
-                   "WHERE u.key IS NULL AND j.state = (SELECT 'ready'::text)";
         case kLapse:
             return "UPDATE lockext.%1$s j SET attempt = j.attempt + 1 WHERE j.id = $1 "
                    "AND j.state = (SELECT 'ready'::text) RETURNING j.attempt >= j.max_attempts";
@@ -249,18 +221,9 @@ int stmt_params(int stmt, Oid *types) {
             types[6] = INT4ARRAYOID;
             types[7] = INT4ARRAYOID;
             return 8;
-        case kScanFrom:
-            types[0] = INT4OID;
-            types[1] = INT8OID;
-            return 2;
-        case kScan:
         case kProbe:
         case kPromoteDue:
             return 0;
-        case kRecheck:
-            types[0] = INT8ARRAYOID;
-            types[1] = TEXTARRAYOID;
-            return 2;
         case kDeleteMany:
             types[0] = INT8ARRAYOID;
             return 1;
@@ -774,6 +737,20 @@ struct Candidates {
     bool *granted;
 };
 
+// Room in `c` for `n` candidates (the old arrays are left to the call's
+// memory context).
+void alloc_candidates(Candidates *c, long n) {
+    c->ids = static_cast<int64 *>(palloc(sizeof(int64) * n));
+    c->prios = static_cast<int32 *>(palloc(sizeof(int32) * n));
+    c->handed = static_cast<bool *>(palloc(sizeof(bool) * n));
+    c->keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    c->names = static_cast<LeaseName *>(palloc(sizeof(LeaseName) * n));
+    c->tokens = static_cast<int64 *>(palloc(sizeof(int64) * n));
+    c->expires = static_cast<TimestampTz *>(palloc(sizeof(TimestampTz) * n));
+    c->lapsed = static_cast<int64 *>(palloc(sizeof(int64) * n));
+    c->granted = static_cast<bool *>(palloc(sizeof(bool) * n));
+}
+
 // Try the leases of the candidates in one hold of the table lock, until
 // `want` are granted; sets c->n to how many were tried. Raises 53400 when
 // the lock table is full (the transaction's abort then releases what this
@@ -823,62 +800,52 @@ void try_leases(DequeueCall *call, Candidates *c, int want) {
 
 // Hand out, for each granted candidate, its key's head (or the unkeyed job
 // itself) when it is ready; give the other leases back.
-void deliver(DequeueCall *call, Candidates *c, const char *leaf) {
+void deliver(DequeueCall *call, Candidates *c, LeafRel *leaf) {
     int ngranted = 0;
     int64 max_token = 0;
     TimestampTz max_expiry = 0;
-    Datum *ids = static_cast<Datum *>(palloc(sizeof(Datum) * (c->n + 1)));
-    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * (c->n + 1)));
-    bool *key_nulls = static_cast<bool *>(palloc(sizeof(bool) * (c->n + 1)));
-    int *which = static_cast<int *>(palloc(sizeof(int) * (c->n + 1)));
-    for (int i = 0; i < c->n; i++)
+    for (int i = 0; i < c->n; i++) {
+        c->handed[i] = false;
         if (c->granted[i]) {
-            which[ngranted] = i;
-            ids[ngranted] = Int64GetDatum(c->ids[i]);
-            key_nulls[ngranted] = c->keys[i] == (Datum)0;
-            keys[ngranted] = c->keys[i];
             ngranted++;
             max_token = Max(max_token, c->tokens[i]);
             max_expiry = Max(max_expiry, c->expires[i]);
         }
+    }
     if (ngranted == 0)
         return;
     // Tokens and expiries are made durable before anybody can see them (the
     // error path's abort releases the leases).
     lockext_durable_ensure(max_token, max_expiry);
-    int lbound = 1;
-    Datum args[2] = {
-        PointerGetDatum(construct_array(ids, ngranted, INT8OID, 8, true, TYPALIGN_DOUBLE)),
-        PointerGetDatum(construct_md_array(keys, key_nulls, 1, &ngranted, &lbound, TEXTOID, -1,
-                                           false, TYPALIGN_INT))};
-    run_latest(kRecheck, leaf, args, nullptr);
+    // The recheck (step 3): a snapshot taken after the grants.
+    Snapshot snap = lockext::leaf::latest_snapshot();
     // handed[i]: the job handed out under candidate i's lease, or 0.
     int64 *handed = static_cast<int64 *>(palloc0(sizeof(int64) * (c->n + 1)));
-    for (int i = 0; i < c->n; i++)
-        c->handed[i] = false;
-    for (uint64 r = 0; r < SPI_processed; r++) {
-        bool isnull;
-        const int row = static_cast<int>(r);
-        const int ord = DatumGetInt32(result(row, 7, &isnull));
-        if (ord < 1 || ord > ngranted || call->taken >= call->batch)
+    for (int i = 0; i < c->n && call->taken < call->batch; i++) {
+        if (!c->granted[i])
             continue;
-        const int i = which[ord - 1];
-        const int64 id = DatumGetInt64(result(row, 1, &isnull));
-        handed[i] = id;
+        JobRow row;
+        const bool found = c->keys[i] != (Datum)0
+                               ? lockext::leaf::key_head(leaf, snap, c->keys[i], &row)
+                               : lockext::leaf::job_by_id(leaf, snap, c->ids[i], &row);
+        if (!found || !row.ready)
+            continue;
+        handed[i] = row.id;
         c->handed[i] = true;
-        touch_leaf(call->queue, id % kIdStride, true);
+        touch_leaf(call->queue, row.id % kIdStride, true);
         call->taken++;
         Datum values[7];
-        bool nulls[7] = {false, false, false, false, false, false, false};
-        values[0] = Int64GetDatum(id);
-        values[1] = result(row, 2, &nulls[1]);
-        values[2] = result(row, 3, &nulls[2]);
-        values[3] = Int32GetDatum(DatumGetInt32(result(row, 4, &isnull)) + 1);
+        bool nulls[7] = {false, row.key_null, false, false, false, false, false};
+        values[0] = Int64GetDatum(row.id);
+        values[1] = row.key;
+        values[2] = row.payload;
+        values[3] = Int32GetDatum(row.attempt + 1);
         values[4] = Int64GetDatum(c->tokens[i]);
-        values[5] = result(row, 6, &nulls[5]);
+        values[5] = TimestampTzGetDatum(row.enqueued_at);
         values[6] = TimestampTzGetDatum(c->expires[i]);
         tuplestore_putvalues(call->out, call->desc, values, nulls);
     }
+    UnregisterSnapshot(snap);
     // Leases now run the job handed out (which may be another row of the
     // key than the one scanned); the rest go back: finished since the scan,
     // a key whose head is not ready, or past the batch.
@@ -934,7 +901,6 @@ void forget_resume_points(const char *queue) {
 // batch is full or the leaf has no more; from the leaf's resume point when
 // `resume` and one is set. Returns whether it started from a resume point.
 bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
-    const char *leaf = leaf_name(call->queue, rem);
     ResumePoint *rp = &resume_at[rem];
     const TimestampTz started = GetCurrentTimestamp();
     // Read before the snapshot: a bump after it means a rescan.
@@ -943,57 +909,49 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
     if (resume && rp->exhausted && rp->gen == gen && rp->until > started)
         return false;
     const bool from = resume && rp->valid && rp->until > started;
-    PushActiveSnapshot(GetLatestSnapshot());
-    Portal portal;
-    if (from) {
-        Datum args[2] = {Int32GetDatum(rp->priority), Int64GetDatum(rp->id)};
-        portal = SPI_cursor_open(nullptr, plan_for(kScanFrom, leaf), args, nullptr, true);
-    } else {
-        portal = SPI_cursor_open(nullptr, plan_for(kScan, leaf), nullptr, nullptr, true);
-    }
-    PopActiveSnapshot();
+    const Oid leaf_oid =
+        get_relname_relid(leaf_name(call->queue, rem), get_namespace_oid(kSchema, false));
+    if (!OidIsValid(leaf_oid))
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                 errmsg("queue \"%s\" has no partition for remainder %d", call->queue, rem)));
+    LeafRel leaf;
+    lockext::leaf::open_leaf(leaf_oid, &leaf);
+    ReadyScan scan;
+    lockext::leaf::begin_ready_scan(&leaf, &scan, from, rp->priority, rp->id);
     if (!from)
         *rp = {false, 0, 0, started + kResumeUs, false, 0};
     bool placed = false;  // the resume point is set by this scan
-    Candidates c;
-    const int cap = 1024;
-    c.ids = static_cast<int64 *>(palloc(sizeof(int64) * cap));
-    c.prios = static_cast<int32 *>(palloc(sizeof(int32) * cap));
-    c.handed = static_cast<bool *>(palloc(sizeof(bool) * cap));
-    c.keys = static_cast<Datum *>(palloc(sizeof(Datum) * cap));
-    c.names = static_cast<LeaseName *>(palloc(sizeof(LeaseName) * cap));
-    c.tokens = static_cast<int64 *>(palloc(sizeof(int64) * cap));
-    c.expires = static_cast<TimestampTz *>(palloc(sizeof(TimestampTz) * cap));
-    c.lapsed = static_cast<int64 *>(palloc(sizeof(int64) * cap));
-    c.granted = static_cast<bool *>(palloc(sizeof(bool) * cap));
     // A chunk a little larger than what is missing: most rows at the front
-    // of a busy leaf belong to running keys.
+    // of a busy leaf belong to running keys. The arrays are sized to the
+    // chunk (a lease name is 133 bytes: arrays for the largest chunk would
+    // cost a dequeue of one job more than its scan).
+    const long cap = 1024;
     long chunk = Min(cap, 2 * (call->batch - call->taken) + 8);
+    Candidates c;
+    alloc_candidates(&c, chunk);
     bool exhausted = false;
     while (call->taken < call->batch) {
-        SPI_cursor_fetch(portal, true, chunk);
-        const uint64 fetched = SPI_processed;
-        if (fetched == 0) {
-            exhausted = true;
-            break;
-        }
-        SPITupleTable *rows = SPI_tuptable;
+        long fetched = 0;
         c.n = 0;
-        for (uint64 r = 0; r < fetched; r++) {
-            bool id_null, key_null, prio_null;
-            const int64 id =
-                DatumGetInt64(SPI_getbinval(rows->vals[r], rows->tupdesc, 1, &id_null));
-            Datum key = SPI_getbinval(rows->vals[r], rows->tupdesc, 2, &key_null);
-            const int32 prio =
-                DatumGetInt32(SPI_getbinval(rows->vals[r], rows->tupdesc, 3, &prio_null));
+        int64 id;
+        Datum key;
+        bool key_null;
+        int32 prio;
+        while (fetched < chunk && lockext::leaf::next_ready(&scan, &id, &key, &key_null, &prio)) {
+            fetched++;
             LeaseName n;
             lease_name(call->queue, key_null ? nullptr : DatumGetTextPP(key), id, &n);
             if (seen_before(call, n))
                 continue;
-            c.keys[c.n] = key_null ? (Datum)0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(key));
+            c.keys[c.n] = key;
             c.ids[c.n] = id;
             c.prios[c.n] = prio;
             c.names[c.n++] = n;
+        }
+        if (fetched == 0) {
+            exhausted = true;
+            break;
         }
         // The chunk's candidates in rounds that take no more leases than
         // the batch still needs (a full lock table must not be filled by
@@ -1015,7 +973,7 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
             for (int i = 0; i < round.n; i++)
                 if (round.lapsed[i] != 0)
                     count_lapsed(call->queue, round.lapsed[i]);
-            deliver(call, &round, leaf);
+            deliver(call, &round, &leaf);
             // The first job handed out marks where the busy run ended. A scan
             // from the resume point moves it forward but keeps its deadline:
             // the rows it passed were busy when the last full scan looked.
@@ -1028,14 +986,17 @@ bool dequeue_leaf(DequeueCall *call, int rem, bool resume) {
                 }
             pos += round.n;
         }
-        SPI_freetuptable(rows);
-        if (fetched < static_cast<uint64>(chunk)) {
+        if (fetched < chunk) {
             exhausted = true;
             break;
         }
-        chunk = Min(cap, chunk * 2);
+        if (chunk < cap) {
+            chunk = Min(cap, chunk * 2);
+            alloc_candidates(&c, chunk);
+        }
     }
-    SPI_cursor_close(portal);
+    lockext::leaf::end_ready_scan(&scan);
+    lockext::leaf::close_leaf(&leaf);
     // No free job in the whole leaf: skip it until its generation moves.
     if (!from && !placed && exhausted)
         *rp = {false, 0, 0, started + kResumeUs, true, gen};
@@ -1074,7 +1035,7 @@ Datum dequeue_with(FunctionCallInfo fcinfo, int b) {
     ctl.entrysize = sizeof(SeenName);
     ctl.hcxt = CurrentMemoryContext;
     call.seen =
-        hash_create("lockext dequeue names", 256, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+        hash_create("lockext dequeue names", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
     int level = pin_settings();
     SPI_connect();
 
@@ -1102,8 +1063,8 @@ Datum dequeue_with(FunctionCallInfo fcinfo, int b) {
     // Still short: due delayed jobs may have become ready.
     if (call.taken < call.batch && !looked && promote_due(table, call.queue, nparts)) {
         hash_destroy(call.seen);
-        call.seen = hash_create("lockext dequeue names", 256, &ctl,
-                                HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+        call.seen =
+            hash_create("lockext dequeue names", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
         for (int k = 0; k < nparts && call.taken < call.batch; k++)
             (void)dequeue_leaf(&call, (start + k) % nparts, false);
     }
