@@ -4,7 +4,7 @@ MODULE_big = lockext
 DATA = sql/lockext--0.1.0.sql sql/lockext--0.1.0--0.2.0.sql
 OBJS = src/lock_table.o src/lock_shmem.o src/lock_functions.o src/lock_views.o \
        src/queue_ops.o src/queue_scan.o src/queue_notify.o \
-       src/durable_state.o
+       src/durable_state.o src/durable_wal.o
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(CURDIR)/include

@@ -15,8 +15,10 @@
 //
 // At start-up the token counter resumes at max(file token mark, wall clock
 // in microseconds). The clock term keeps tokens rising even when the file is
-// lost or stale, as on a promoted standby (the file is not WAL-logged),
-// provided clocks agree and grants average under one per microsecond. No
+// lost or stale, provided clocks agree and grants average under one per
+// microsecond. Every rewrite of the file is also WAL-logged
+// (src/durable_wal.cpp), so a streaming standby keeps its own copy current
+// and a promoted standby starts from its primary's marks. No
 // lease is granted until the file's horizon (and lockext.startup_grace) has
 // passed: this is Chubby's "wait out the longest lease" applied to the leases
 // that were actually granted.
@@ -115,11 +117,16 @@ void write_state(std::int64_t token_mark, std::int64_t horizon) {
     durable_rename(kStateTmp, kStateFile, ERROR);
 }
 
-// write_state(), releasing `lock` first if it fails: the caller's cleanup
-// takes table_lock, and the two are never held together.
-void write_state_releasing(LWLock *lock, std::int64_t token_mark, std::int64_t horizon) {
+// write_state() and, when `log` (not in replay), its WAL record, releasing
+// `lock` first if either fails: the caller's cleanup takes table_lock, and
+// the two are never held together.
+void write_state_releasing(LWLock *lock, std::int64_t token_mark, std::int64_t horizon, bool log) {
     PG_TRY();
-    { write_state(token_mark, horizon); }
+    {
+        write_state(token_mark, horizon);
+        if (log)
+            lockext_wal_log_durable(token_mark, horizon);
+    }
     PG_CATCH();
     {
         // errfinish() zeroed the interrupt holdoff count that LWLockAcquire
@@ -185,9 +192,50 @@ void lockext_durable_ensure(std::int64_t token, lockext::Timestamp expires_at) {
             mark = token + kTokenBlock;
         if (!no_expiry && expires_at > horizon)
             horizon = expires_at + kHorizonSlack;
-        write_state_releasing(sh->state_lock, mark, horizon);
+        write_state_releasing(sh->state_lock, mark, horizon, true);
         pg_atomic_write_u64(&sh->durable_token, static_cast<uint64>(mark));
         pg_atomic_write_u64(&sh->durable_horizon, static_cast<uint64>(horizon));
     }
     LWLockRelease(sh->state_lock);
+}
+
+// Raise the durable marks to a replayed record's; see lock_shmem.hpp.
+void lockext_durable_redo(std::int64_t token_mark, std::int64_t horizon) {
+    LockextShared *sh = lockext_shared;
+    if (sh == nullptr)
+        return;
+    LWLockAcquire(sh->state_lock, LW_EXCLUSIVE);
+    const auto mark =
+        Max(token_mark, static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_token)));
+    const auto until =
+        Max(horizon, static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_horizon)));
+    if (mark != static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_token)) ||
+        until != static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_horizon))) {
+        write_state_releasing(sh->state_lock, mark, until, false);
+        pg_atomic_write_u64(&sh->durable_token, static_cast<uint64>(mark));
+        pg_atomic_write_u64(&sh->durable_horizon, static_cast<uint64>(until));
+    }
+    LWLockRelease(sh->state_lock);
+    // The lock table: tokens resume above the mark, and nothing is granted
+    // before the horizon (a standby grants nothing anyway; this is what a
+    // promotion starts from).
+    LWLockAcquire(sh->table_lock, LW_EXCLUSIVE);
+    lockext::LockTable *t = sh->table;
+    t->last_token = Max(t->last_token, mark);
+    t->grace_until = Max(t->grace_until, until);
+    LWLockRelease(sh->table_lock);
+}
+
+// Log until when no lock will be granted; see lock_shmem.hpp.
+void lockext_durable_report() {
+    LockextShared *sh = lockext_shared;
+    if (sh == nullptr)
+        return;
+    LWLockAcquire(sh->table_lock, LW_SHARED);
+    const lockext::Timestamp until = sh->table->grace_until;
+    LWLockRelease(sh->table_lock);
+    if (until > GetCurrentTimestamp())
+        ereport(LOG, (errmsg("lockext: no lock will be granted before %s, when the leases "
+                             "granted before recovery have expired",
+                             timestamptz_to_str(until))));
 }

@@ -385,6 +385,7 @@ std::int64_t token_arg(FunctionCallInfo fcinfo, int n) {
 // lockext.renew(name, token, ttl) -> new expiry, or NULL when not held
 Datum renew_impl(FunctionCallInfo fcinfo) {
     lockext_require_loaded();
+    lockext_refuse_in_recovery("renew a lock");
     const Key key = key_arg(fcinfo, 0);
     const std::int64_t token = token_arg(fcinfo, 1);
     const std::int64_t ttl_us = ttl_arg(fcinfo, 2);
@@ -457,6 +458,7 @@ Datum force_release_impl(FunctionCallInfo fcinfo) {
 // name and client address (no owner).
 void lockext_init_request(Request *req, lockext::Mode mode, Scope scope, std::int32_t max_holders,
                           std::int64_t ttl_us) {
+    lockext_refuse_in_recovery("grant a lock");
     memset(req, 0, sizeof(*req));
     req->dboid = MyDatabaseId;
     req->roleid = GetUserId();

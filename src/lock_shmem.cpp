@@ -54,6 +54,7 @@ extern "C" {
 
 #include "access/twophase.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -159,11 +160,21 @@ void _PG_init(void) {
         &lockext_startup_grace_s, 0, 0, INT_MAX / 1000, PGC_POSTMASTER, GUC_UNIT_S, nullptr,
         nullptr, nullptr);
     MarkGUCPrefixReserved("lockext");
+    lockext_wal_register();
 
     prev_shmem_request_hook = shmem_request_hook;
     shmem_request_hook = lockext_shmem_request;
     prev_shmem_startup_hook = shmem_startup_hook;
     shmem_startup_hook = lockext_shmem_startup;
+}
+
+// Raise 25006 on a server in recovery; see lock_shmem.hpp.
+void lockext_refuse_in_recovery(const char *what) {
+    if (RecoveryInProgress())
+        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+                        errmsg("cannot %s on a server in recovery", what),
+                        errdetail("lockext grants and renews locks only on a primary."),
+                        errhint("Connect to the primary.")));
 }
 
 // Raise an error with a hint unless the library was preloaded.

@@ -57,3 +57,20 @@ void lockext_wake_waiter(std::int32_t w, void *ctx);
 void lockext_durable_startup(LockextShared *shared);
 // Make sure a crash cannot make `token` reappear or forget `expires_at`.
 void lockext_durable_ensure(std::int64_t token, lockext::Timestamp expires_at);
+// Raise the durable marks to those of a replayed WAL record: the state file,
+// the shared copies and the lock table's token counter and grace.
+void lockext_durable_redo(std::int64_t token_mark, std::int64_t horizon);
+// Log until when no lock will be granted, if that is in the future.
+void lockext_durable_report();
+
+// lockext's custom WAL resource manager id (src/durable_wal.cpp), from the
+// range PostgreSQL leaves to extensions (128-255; 128 is for experiments).
+constexpr int kLockextRmgrId = 171;
+// Register the resource manager (from _PG_init, while preloading).
+void lockext_wal_register();
+// Log new durable marks and wait until they are flushed (and, with
+// synchronous replication, on the synchronous standbys).
+void lockext_wal_log_durable(std::int64_t token_mark, std::int64_t horizon);
+// Raise 25006 when this server is in recovery (a standby): locks are
+// granted and renewed only on a primary. `what` names the call.
+void lockext_refuse_in_recovery(const char *what);
