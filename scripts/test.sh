@@ -65,7 +65,7 @@ export LOCKEXT_LOCKCTL_DIR
 trap 'rm -rf "$LOCKEXT_LOCKCTL_DIR"' EXIT
 suite "lock table unit tests (ASan, UBSan)" lock_table_unit
 suite "pg_regress + isolation" regress_and_isolation
-suite "TAP (crash tokens, not preloaded, notifier, lapsed burial, bulk and full lock table, plans, state-file write failure, dead waiter client, dropped database, crash with running jobs, update from 0.1.0, failover to a streaming standby)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
+suite "TAP (crash tokens, not preloaded, notifier, lapsed burial, bulk and full lock table, plans, state-file write failure, dead waiter client, dropped database, crash with running jobs, update from 0.1.0, failover to a streaming standby, synchronous failover and switchover back)" bash "$LOCKEXT_ROOT/scripts/run_tap.sh"
 suite "stress (16 clients)" bash "$LOCKEXT_ROOT/scripts/run_stress.sh"
 suite "queue stress (8 workers, kill -9)" bash "$LOCKEXT_ROOT/scripts/run_queue_stress.sh"
 suite "client (plain, TSan, ASan; memory, PostgreSQL, Redis, Redlock)" bash "$LOCKEXT_ROOT/scripts/run_client_tests.sh"
