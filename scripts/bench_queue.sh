@@ -26,7 +26,9 @@
 #   BENCH_QUEUE_PROBE_JOBS    jobs in the bloat measurement, dequeued in
 #                             batches (default 20000)
 #   BENCH_QUEUE_PROBE_SINGLE  jobs in the bloat measurement, dequeued one by
-#                             one (default 2000)
+#                             one (default 10000: at about 4,000 jobs/s, 2,000
+#                             jobs lasted half a second, and one scheduler or
+#                             autovacuum hiccup moved the result by a third)
 #   BENCH_QUEUE_PUSH_CLIENTS  workers pushing the bloat jobs (default 1)
 #   BENCH_QUEUE_PUSH_MAX_SECONDS  stop the push after the part running when
 #                             this many seconds have passed (default 300); the
@@ -51,7 +53,7 @@ BENCH_QUEUE_KEYS=${BENCH_QUEUE_KEYS:-1000}
 BENCH_QUEUE_BATCH=${BENCH_QUEUE_BATCH:-100}
 BENCH_QUEUE_BLOAT_JOBS=${BENCH_QUEUE_BLOAT_JOBS:-1000000}
 BENCH_QUEUE_PROBE_JOBS=${BENCH_QUEUE_PROBE_JOBS:-20000}
-BENCH_QUEUE_PROBE_SINGLE=${BENCH_QUEUE_PROBE_SINGLE:-2000}
+BENCH_QUEUE_PROBE_SINGLE=${BENCH_QUEUE_PROBE_SINGLE:-10000}
 BENCH_QUEUE_PUSH_CLIENTS=${BENCH_QUEUE_PUSH_CLIENTS:-1}
 BENCH_QUEUE_PUSH_MAX_SECONDS=${BENCH_QUEUE_PUSH_MAX_SECONDS:-300}
 BENCH_QUEUE_SETTLE_SECONDS=${BENCH_QUEUE_SETTLE_SECONDS:-0}
