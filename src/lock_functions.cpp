@@ -372,6 +372,8 @@ Datum acquire_impl(FunctionCallInfo fcinfo) {
     make_durable_or_release(&key, &r);
     if (scope != Scope::lease)
         lockext_note_scoped_grant(scope);
+    else
+        lockext_wal_log_grant(key, req, r.token, r.expires_at);
     PG_RETURN_INT64(r.token);
 }
 
@@ -416,6 +418,9 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
     }
     if (r.outcome != Outcome::granted)
         PG_RETURN_NULL();
+    // Logged whatever the scope: a standby has only lease-scope copies, and
+    // replay of a renewal or release it has no copy of does nothing.
+    lockext_wal_log_renew(key, token, GetCurrentTimestamp(), r.expires_at);
     if (r.expires_at == lockext::kNever)
         PG_RETURN_TIMESTAMPTZ(DT_NOEND);
     PG_RETURN_TIMESTAMPTZ(r.expires_at);
@@ -424,6 +429,7 @@ Datum renew_impl(FunctionCallInfo fcinfo) {
 // lockext.release(name, token) -> whether that token still held the lock
 Datum release_impl(FunctionCallInfo fcinfo) {
     lockext_require_loaded();
+    lockext_refuse_in_recovery("release a lock");
     const Key key = key_arg(fcinfo, 0);
     const std::int64_t token = token_arg(fcinfo, 1);
     bool privileged = false;
@@ -438,17 +444,22 @@ Datum release_impl(FunctionCallInfo fcinfo) {
         check_holder_role("release", r.holder_role);
         privileged = true;
     }
+    if (r.outcome == Outcome::granted)
+        lockext_wal_log_release(key, token);
     PG_RETURN_BOOL(r.outcome == Outcome::granted);
 }
 
 // lockext.force_release(name) -> number of holders released
 Datum force_release_impl(FunctionCallInfo fcinfo) {
     lockext_require_loaded();
+    lockext_refuse_in_recovery("release a lock");
     const Key key = key_arg(fcinfo, 0);
     LWLockAcquire(lockext_shared->table_lock, LW_EXCLUSIVE);
     const std::int32_t n = lockext_shared->table->force_release(key, GetCurrentTimestamp(),
                                                                 lockext_wake_waiter, nullptr);
     LWLockRelease(lockext_shared->table_lock);
+    if (n > 0)
+        lockext_wal_log_release(key, 0);
     PG_RETURN_INT32(n);
 }
 

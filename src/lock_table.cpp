@@ -841,6 +841,62 @@ void LockTable::set_job(const Key &key, std::int64_t token, std::int64_t job) no
         link_job(h);
 }
 
+// A WakeFn for replay: a standby has no waiters to wake.
+static void wake_nobody(std::int32_t, void *) noexcept {}
+
+// Install a replayed lease; see lock_table.hpp.
+bool LockTable::replay_grant(const Key &key, const Request &req, std::int64_t token,
+                             Timestamp acquired_at, Timestamp expires_at, Timestamp now) noexcept {
+    const std::uint32_t hash = hash_key(key);
+    std::int32_t e = find_entry(key, hash);
+    if (e >= 0) {
+        reap_entry(e, now);
+    } else {
+        e = insert_entry(key, hash);
+        if (e < 0 && reap_all(now, wake_nobody, nullptr) > 0)
+            e = insert_entry(key, hash);
+        if (e < 0)
+            return false;
+    }
+    Entry &en = entries()[e];
+    if (en.nholders == 0 && en.nwaiters == 0) {
+        en.semaphore = req.mode == Mode::semaphore;
+        en.max_holders = req.max_holders;
+    }
+    Request r = req;
+    r.scope = Scope::lease;
+    r.pending = false;
+    r.job = 0;
+    r.slot = -1;  // no backend here holds it
+    const std::int64_t before = last_token;
+    std::int32_t h = grant(e, r, acquired_at);
+    if (h < 0 && reap_all(now, wake_nobody, nullptr) > 0)
+        h = grant(e, r, acquired_at);
+    if (h < 0) {
+        last_token = before;
+        free_entry_if_unused(e);
+        return false;
+    }
+    holders()[h].token = token;
+    holders()[h].expires_at = expires_at;
+    last_token = before > token ? before : token;
+    return true;
+}
+
+// Apply a replayed renewal; see lock_table.hpp.
+void LockTable::replay_renew(const Key &key, std::int64_t token, Timestamp renewed_at,
+                             Timestamp expires_at) noexcept {
+    const std::int32_t e = find_entry(key, hash_key(key));
+    if (e < 0)
+        return;
+    for (std::int32_t h = entries()[e].holders; h >= 0; h = holders()[h].next)
+        if (holders()[h].token == token) {
+            holders()[h].renewed_at = renewed_at;
+            holders()[h].expires_at = expires_at;
+            return;
+        }
+}
+
 // Release every holder of `key` regardless of token; returns the count.
 std::int32_t LockTable::force_release(const Key &key, Timestamp now, WakeFn wake,
                                       void *ctx) noexcept {

@@ -29,12 +29,11 @@
 //     the lock table without waiting, as a pending lease (Pending::granted:
 //     the transaction's abort releases it, its commit keeps it).
 //  3. Recheck the granted rows with a new latest snapshot taken after the
-//     grants (the (key, id) index, or the id index for an unkeyed job): the row is still there, still ready, and no earlier live job
-//     of its key exists. A job finished by a commit is gone for any
-//     snapshot taken after its lease was released (complete releases at
-//     commit, after the commit is visible: see lock_shmem.cpp), so a
-//     finished job is never handed out again. Rows failing the recheck give
-//     their lease back at once.
+//     grants (the (key, id) index, or the id index for an unkeyed job): the row is still there,
+//     still ready, and no earlier live job of its key exists. A job finished by a commit is gone
+//     for any snapshot taken after its lease was released (complete releases at commit, after the
+//     commit is visible: see lock_shmem.cpp), so a finished job is never handed out again. Rows
+//     failing the recheck give their lease back at once.
 //  4. Return the rest with attempt + 1 and the lease's token and expiry.
 //
 // FINISHING (complete, fail, requeue): the job's row is read by id, the

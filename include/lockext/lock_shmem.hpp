@@ -31,6 +31,7 @@ extern LockextShared *lockext_shared;
 extern int lockext_max_locks;
 extern int lockext_max_ttl_s;
 extern int lockext_startup_grace_s;
+extern bool lockext_replicate_leases;
 
 // Raise an error with a hint unless the library was preloaded.
 void lockext_require_loaded();
@@ -71,6 +72,14 @@ void lockext_wal_register();
 // Log new durable marks and wait until they are flushed (and, with
 // synchronous replication, on the synchronous standbys).
 void lockext_wal_log_durable(std::int64_t token_mark, std::int64_t horizon);
+// Log a grant of a lease-scope lock (not flushed; src/durable_wal.cpp).
+void lockext_wal_log_grant(const lockext::Key &key, const lockext::Request &req, std::int64_t token,
+                           std::int64_t expires_at);
+// Log a renewal of lease `token` of `key` until `expires_at`.
+void lockext_wal_log_renew(const lockext::Key &key, std::int64_t token, std::int64_t renewed_at,
+                           std::int64_t expires_at);
+// Log a release of lease `token` of `key` (0: every holder, force_release).
+void lockext_wal_log_release(const lockext::Key &key, std::int64_t token);
 // Raise 25006 when this server is in recovery (a standby): locks are
 // granted and renewed only on a primary. `what` names the call.
 void lockext_refuse_in_recovery(const char *what);

@@ -221,6 +221,15 @@ class LockTable {
     void set_job(const Key &key, std::int64_t token, std::int64_t job) noexcept;
     // Release every holder of `key` regardless of token; returns the count.
     std::int32_t force_release(const Key &key, Timestamp now, WakeFn wake, void *ctx) noexcept;
+    // WAL replay on a standby: install the lease a primary granted, held by
+    // `token` from `acquired_at` until `expires_at` (lease scope, no
+    // backend); false when the table is full. Tokens resume above `token`.
+    bool replay_grant(const Key &key, const Request &req, std::int64_t token, Timestamp acquired_at,
+                      Timestamp expires_at, Timestamp now) noexcept;
+    // WAL replay: lease `token` of `key` was renewed at `renewed_at` until
+    // `expires_at`; nothing when it is not held here.
+    void replay_renew(const Key &key, std::int64_t token, Timestamp renewed_at,
+                      Timestamp expires_at) noexcept;
     // Release the session and/or transaction holders of backend `pid`, whose
     // waiter slot is `slot`; with `transaction`, settle its pending leases
     // as a commit (`commit`) or an abort does.

@@ -400,3 +400,36 @@ BOOST_AUTO_TEST_CASE(finish_all_ends_one_queues_job_leases) {
     tb.t->release_backend(200, 2, false, true, true, 30, Table::wake, &tb);
     BOOST_TEST(tb.t->slots_used() == 1);  // only the other queue's lease
 }
+
+// A standby's copy of its primary's leases: a replayed grant holds the name
+// with the primary's token and expiry (a newcomer is refused, later tokens
+// are higher), a replayed renewal moves the expiry, and the holder's token
+// releases it; a replayed grant on a full table reports it instead of
+// overwriting another holder.
+BOOST_AUTO_TEST_CASE(replayed_leases_hold_with_the_primarys_token_and_expiry) {
+    Table tb(2, 4);
+    const std::string a = "a", b = "b", c = "c";
+    Request r;
+    std::memset(&r, 0, sizeof r);
+    r.dboid = 1;
+    r.pid = 77;
+    r.slot = 3;
+    r.mode = Mode::exclusive;
+    r.scope = Scope::lease;
+    r.max_holders = 1;
+    r.ttl_us = 10;
+    BOOST_TEST(tb.t->replay_grant(Table::key(a), r, 5000, 100, 110, 101));
+    Result busy = tb.acquire(a, Mode::exclusive, Scope::lease, 10, 105, false, 0, 1);
+    BOOST_TEST(static_cast<int>(busy.outcome) == static_cast<int>(Outcome::busy));
+    tb.t->replay_renew(Table::key(a), 5000, 106, 130);
+    busy = tb.acquire(a, Mode::exclusive, Scope::lease, 10, 120, false, 0, 1);
+    BOOST_TEST(static_cast<int>(busy.outcome) == static_cast<int>(Outcome::busy));
+    const Result other = tb.acquire(b, Mode::exclusive, Scope::lease, 100, 120, false, 0, 1);
+    BOOST_TEST(static_cast<int>(other.outcome) == static_cast<int>(Outcome::granted));
+    BOOST_TEST(other.token > 5000);
+    BOOST_TEST(!tb.t->replay_grant(Table::key(c), r, 6000, 121, 200, 121));
+    BOOST_TEST(tb.release(a, 5000, 121));
+    const Result again = tb.acquire(a, Mode::exclusive, Scope::lease, 10, 122, false, 0, 1);
+    BOOST_TEST(static_cast<int>(again.outcome) == static_cast<int>(Outcome::granted));
+    BOOST_TEST(again.token > other.token);
+}

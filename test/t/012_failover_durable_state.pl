@@ -2,9 +2,11 @@
 # standby (src/durable_wal.cpp: the durable state is WAL-logged).
 #
 #  - on the standby: acquire and renew fail with 25006; lockext.holders works;
-#  - leases are granted on the primary; the standby replays its WAL; the
-#    primary stops with -m immediate and the standby is promoted, with
-#    lockext.startup_grace at 0;
+#  - leases are granted on the primary; the standby replays its WAL and its
+#    lockext.holders shows them with their tokens and expiries (a released
+#    one gone); the primary stops with -m immediate and the standby is
+#    promoted, with lockext.startup_grace at 0;
+#  - on the new primary the old tokens renew and release their leases;
 #  - on the new primary: the old names and new ones are refused while the
 #    old leases may be in force (the standby's base backup predates them,
 #    so only the replayed records can say so); a waiting acquire is granted
@@ -24,6 +26,7 @@ $primary->append_conf(
 	'postgresql.conf', qq{
 shared_preload_libraries = 'lockext'
 fsync = on
+lockext.replicate_leases = on
 });
 $primary->start;
 $primary->safe_psql('postgres', q{
@@ -51,6 +54,9 @@ like($err, qr/25006: cannot grant a lock on a server in recovery/, 'with 25006')
 ($rc, $out, $err) = $standby->psql('postgres',
 	"\\set VERBOSITY verbose\nSELECT lockext.renew('fo.s', 1, '10 s')");
 like($err, qr/25006: cannot renew a lock on a server in recovery/, 'renew fails with 25006');
+($rc, $out, $err) = $standby->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT lockext.release('fo.s', 1)");
+like($err, qr/25006: cannot release a lock on a server in recovery/, 'release fails with 25006');
 is($standby->safe_psql('postgres', 'SELECT count(*) >= 0 FROM lockext.holders'),
 	't', 'lockext.holders works on the standby');
 ($rc, $out, $err) = $standby->psql('postgres',
@@ -71,7 +77,22 @@ for my $name ('fo.a', 'fo.b')
 }
 my ($max_token) = sort { $b <=> $a } values %token;
 my ($last_expiry) = sort { $b <=> $a } values %expires;
+$primary->safe_psql('postgres', q{
+SELECT lockext.release(name, lockext.acquire(name, '15 s')) FROM (VALUES ('fo.gone')) v(name);
+});
 $primary->wait_for_catchup($standby, 'replay', $primary->lsn('flush'));
+
+# The standby's copy of the leases: same tokens and expiries, released ones gone.
+for my $name ('fo.a', 'fo.b')
+{
+	is( $standby->safe_psql('postgres',
+			"SELECT token || ' ' || " . us_expr('expires_at')
+			  . " FROM lockext.holders WHERE name = '$name'"),
+		"$token{$name} $expires{$name}",
+		"the standby's lockext.holders shows $name with its token and expiry");
+}
+is($standby->safe_psql('postgres', "SELECT count(*) FROM lockext.holders WHERE name = 'fo.gone'"),
+	'0', 'a lease released on the primary is gone on the standby');
 
 $primary->stop('immediate');
 $standby->promote;
@@ -86,6 +107,14 @@ for my $name ('fo.a', 'fo.b', 'fo.new')
 	is($standby->safe_psql('postgres', "SELECT lockext.acquire('$name', '5 s') IS NULL"),
 		't', "$name is refused on the new primary while the old leases may hold");
 }
+
+# The old holders go on with their old tokens.
+isnt($standby->safe_psql('postgres', "SELECT lockext.renew('fo.a', $token{'fo.a'}, '12 s')"),
+	'', 'the old token of fo.a renews it on the new primary');
+is($standby->safe_psql('postgres', "SELECT lockext.release('fo.b', $token{'fo.b'})"),
+	't', 'the old token of fo.b releases it on the new primary');
+is($standby->safe_psql('postgres', "SELECT lockext.renew('fo.a', $token{'fo.b'}, '5 s') IS NULL"),
+	't', "another lease's token does not renew fo.a");
 
 # A crash of the new primary keeps the refusal: replay wrote its state file.
 $standby->stop('immediate');
