@@ -205,12 +205,11 @@ void lockext_durable_redo(std::int64_t token_mark, std::int64_t horizon) {
     if (sh == nullptr)
         return;
     LWLockAcquire(sh->state_lock, LW_EXCLUSIVE);
-    const auto mark =
-        Max(token_mark, static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_token)));
-    const auto until =
-        Max(horizon, static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_horizon)));
-    if (mark != static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_token)) ||
-        until != static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_horizon))) {
+    const auto cur_mark = static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_token));
+    const auto cur_until = static_cast<std::int64_t>(pg_atomic_read_u64(&sh->durable_horizon));
+    const std::int64_t mark = Max(token_mark, cur_mark);
+    const std::int64_t until = Max(horizon, cur_until);
+    if (mark != cur_mark || until != cur_until) {
         write_state_releasing(sh->state_lock, mark, until, false);
         pg_atomic_write_u64(&sh->durable_token, static_cast<uint64>(mark));
         pg_atomic_write_u64(&sh->durable_horizon, static_cast<uint64>(until));

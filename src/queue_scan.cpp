@@ -142,6 +142,13 @@ const LeafInfo *info_of(Relation heap) {
     return &cache[slot];
 }
 
+// Whether the row in the leaf's slot is in state 'ready'.
+bool slot_is_ready(LeafRel *l) {
+    bool isnull;
+    const text *state = DatumGetTextPP(slot_getattr(l->slot, l->state, &isnull));
+    return VARSIZE_ANY_EXHDR(state) == 5 && memcmp(VARDATA_ANY(state), "ready", 5) == 0;
+}
+
 // Read the handed-out columns of the row in the leaf's slot into `out`.
 void read_row(LeafRel *l, JobRow *out) {
     TupleTableSlot *s = l->slot;
@@ -152,8 +159,7 @@ void read_row(LeafRel *l, JobRow *out) {
     out->payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot_getattr(s, l->payload, &isnull)));
     out->attempt = DatumGetInt32(slot_getattr(s, l->attempt, &isnull));
     out->enqueued_at = DatumGetTimestampTz(slot_getattr(s, l->enqueued_at, &isnull));
-    const text *state = DatumGetTextPP(slot_getattr(s, l->state, &isnull));
-    out->ready = VARSIZE_ANY_EXHDR(state) == 5 && memcmp(VARDATA_ANY(state), "ready", 5) == 0;
+    out->ready = slot_is_ready(l);
 }
 
 // The first row of index `idx` matching `key` (one scan key), as `snap` sees it.
@@ -240,10 +246,9 @@ bool next_ready(ReadyScan *s, int64 *id, Datum *key, bool *key_null, int32 *prio
     for (;;) {
         CHECK_FOR_INTERRUPTS();
         if (index_getnext_slot(s->scan, ForwardScanDirection, l->slot)) {
-            bool isnull;
-            const text *state = DatumGetTextPP(slot_getattr(l->slot, l->state, &isnull));
-            if (VARSIZE_ANY_EXHDR(state) != 5 || memcmp(VARDATA_ANY(state), "ready", 5) != 0)
+            if (!slot_is_ready(l))
                 continue;
+            bool isnull;
             *id = DatumGetInt64(slot_getattr(l->slot, l->id, &isnull));
             *priority = DatumGetInt32(slot_getattr(l->slot, l->priority, &isnull));
             Datum k = slot_getattr(l->slot, l->key, key_null);
