@@ -85,8 +85,6 @@ struct LeaseRecord {
 // cost a quarter of the lock benchmark's throughput. (A commit record, if
 // the transaction has one, still flushes everything before it.)
 void log_lease(uint8 info, const LeaseRecord &rec, const char *name, const char *owner) {
-    if (!lockext_replicate_leases)
-        return;
     const XLogRecPtr last = XactLastRecEnd;
     XLogBeginInsert();
     XLogRegisterData(const_cast<char *>(reinterpret_cast<const char *>(&rec)), sizeof(rec));
@@ -224,6 +222,8 @@ void lockext_wal_log_durable(int64 token_mark, int64 horizon) {
 // Log a lease grant (lease scope only); see lock_shmem.hpp.
 void lockext_wal_log_grant(const lockext::Key &key, const lockext::Request &req, std::int64_t token,
                            std::int64_t expires_at) {
+    if (!lockext_replicate_leases)
+        return;
     LeaseRecord rec;
     memset(&rec, 0, sizeof(rec));
     rec.dboid = key.dboid;
@@ -242,6 +242,8 @@ void lockext_wal_log_grant(const lockext::Key &key, const lockext::Request &req,
 // Log a lease renewal; see lock_shmem.hpp.
 void lockext_wal_log_renew(const lockext::Key &key, std::int64_t token, std::int64_t renewed_at,
                            std::int64_t expires_at) {
+    if (!lockext_replicate_leases)
+        return;
     LeaseRecord rec;
     memset(&rec, 0, sizeof(rec));
     rec.dboid = key.dboid;
@@ -255,6 +257,8 @@ void lockext_wal_log_renew(const lockext::Key &key, std::int64_t token, std::int
 
 // Log a release (token 0: every holder of the name); see lock_shmem.hpp.
 void lockext_wal_log_release(const lockext::Key &key, std::int64_t token) {
+    if (!lockext_replicate_leases)
+        return;
     LeaseRecord rec;
     memset(&rec, 0, sizeof(rec));
     rec.dboid = key.dboid;
