@@ -219,23 +219,34 @@ void lockext_wal_log_durable(int64 token_mark, int64 horizon) {
     SyncRepWaitForLSN(lsn, false);
 }
 
+namespace {
+
+// The fields every lease record has: the name's database and length, the token.
+LeaseRecord lease_record(const lockext::Key &key, std::int64_t token) {
+    LeaseRecord rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.dboid = key.dboid;
+    rec.token = token;
+    rec.name_len = static_cast<int16>(key.len);
+    rec.owner_len = -1;
+    return rec;
+}
+
+}  // namespace
+
 // Log a lease grant (lease scope only); see lock_shmem.hpp.
 void lockext_wal_log_grant(const lockext::Key &key, const lockext::Request &req, std::int64_t token,
                            std::int64_t expires_at) {
     if (!lockext_replicate_leases)
         return;
-    LeaseRecord rec;
-    memset(&rec, 0, sizeof(rec));
-    rec.dboid = key.dboid;
+    LeaseRecord rec = lease_record(key, token);
     rec.roleid = req.roleid;
-    rec.token = token;
     rec.expires = expires_at;
     rec.at = expires_at - req.ttl_us;
     rec.mode = static_cast<int32>(req.mode);
     rec.max_holders = req.max_holders;
-    rec.name_len = static_cast<int16>(key.len);
-    rec.owner_len =
-        req.has_owner ? static_cast<int16>(strnlen(req.owner, lockext::kMaxOwnerLen)) : -1;
+    if (req.has_owner)
+        rec.owner_len = static_cast<int16>(strnlen(req.owner, lockext::kMaxOwnerLen));
     log_lease(kXlogGrant, rec, key.name, req.owner);
 }
 
@@ -244,14 +255,9 @@ void lockext_wal_log_renew(const lockext::Key &key, std::int64_t token, std::int
                            std::int64_t expires_at) {
     if (!lockext_replicate_leases)
         return;
-    LeaseRecord rec;
-    memset(&rec, 0, sizeof(rec));
-    rec.dboid = key.dboid;
-    rec.token = token;
+    LeaseRecord rec = lease_record(key, token);
     rec.at = renewed_at;
     rec.expires = expires_at;
-    rec.name_len = static_cast<int16>(key.len);
-    rec.owner_len = -1;
     log_lease(kXlogRenew, rec, key.name, nullptr);
 }
 
@@ -259,11 +265,5 @@ void lockext_wal_log_renew(const lockext::Key &key, std::int64_t token, std::int
 void lockext_wal_log_release(const lockext::Key &key, std::int64_t token) {
     if (!lockext_replicate_leases)
         return;
-    LeaseRecord rec;
-    memset(&rec, 0, sizeof(rec));
-    rec.dboid = key.dboid;
-    rec.token = token;
-    rec.name_len = static_cast<int16>(key.len);
-    rec.owner_len = -1;
-    log_lease(kXlogRelease, rec, key.name, nullptr);
+    log_lease(kXlogRelease, lease_record(key, token), key.name, nullptr);
 }
