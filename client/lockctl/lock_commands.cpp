@@ -263,9 +263,13 @@ int cmd_run(const Args &args) {
                 // and the command must not go on without the lease.
                 child.signal(SIGTERM);
                 kill_at = std::chrono::steady_clock::now() + grace;
-                std::cerr << "lockctl: the lease on '" << name
-                          << "' was lost; stopping the command (SIGTERM, SIGKILL after "
-                          << human(grace) << ")\n";
+                // One write: the command's shell reports its SIGTERM on the
+                // same stderr, and piecewise writes let it land mid-line.
+                std::ostringstream msg;
+                msg << "lockctl: the lease on '" << name
+                    << "' was lost; stopping the command (SIGTERM, SIGKILL after " << human(grace)
+                    << ")\n";
+                std::cerr << msg.str() << std::flush;
             }
         }
         if (kill_at && std::chrono::steady_clock::now() >= *kill_at) {
